@@ -1,0 +1,89 @@
+"""Reference submissions: uniform, and per-(condition, level) class priors from the training labels.
+
+CLI::
+
+    python -m spine.baselines prior   --train TRAIN_CSV --studies SERIES_DESCRIPTIONS_CSV --out OUT_CSV
+    python -m spine.baselines uniform --studies SERIES_DESCRIPTIONS_CSV --out OUT_CSV
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from spine.constants import LABEL_COLUMNS, PROB_COLUMNS, study_row_ids
+from spine.metric import labels_to_long
+
+
+def _unique_studies(study_ids: Iterable[object]) -> list[object]:
+    """Study ids in first-seen order, without repeats (a series table lists a study once per series)."""
+    ids = [int(s) if isinstance(s, (int, np.integer, float, np.floating)) and float(s).is_integer() else s
+           for s in study_ids]
+    return list(dict.fromkeys(ids))
+
+
+def _submission(study_ids: Iterable[object], per_column: np.ndarray) -> pd.DataFrame:
+    """25 rows per study in ``study_row_ids`` order; ``per_column`` is (25, 3) in LABEL_COLUMNS order."""
+    studies = _unique_studies(study_ids)
+    frame = pd.DataFrame(np.tile(per_column, (len(studies), 1)), columns=list(PROB_COLUMNS))
+    frame.insert(0, "row_id", [rid for s in studies for rid in study_row_ids(s)])
+    return frame
+
+
+def uniform_submission(study_ids: Iterable[object]) -> pd.DataFrame:
+    """Submission predicting 1/3 for every grade of every row of every study."""
+    return _submission(study_ids, np.full((len(LABEL_COLUMNS), len(PROB_COLUMNS)), 1.0 / len(PROB_COLUMNS)))
+
+
+def class_priors(train_labels: pd.DataFrame, smoothing: float = 1.0) -> np.ndarray:
+    """(25, 3) grade frequencies per train.csv label column, NaN labels ignored, Laplace-smoothed.
+
+    ``p = (count + smoothing) / (n + 3 * smoothing)``; a column with no counts at all gets 1/3 each.
+    """
+    if smoothing < 0:
+        raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+    severity = labels_to_long(train_labels)["severity"].to_numpy().reshape(-1, len(LABEL_COLUMNS))
+    counts = np.stack([(severity == k).sum(axis=0) for k in range(len(PROB_COLUMNS))], axis=1) + smoothing
+    totals = counts.sum(axis=1, keepdims=True)
+    uniform = np.full_like(counts, 1.0 / len(PROB_COLUMNS), dtype=np.float64)
+    return np.divide(counts, totals, out=uniform, where=totals > 0)
+
+
+def class_prior_submission(train_labels: pd.DataFrame, study_ids: Iterable[object],
+                           smoothing: float = 1.0) -> pd.DataFrame:
+    """Submission predicting, for each study and each (condition, level), the training grade frequencies."""
+    return _submission(study_ids, class_priors(train_labels, smoothing))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write a baseline submission for the study ids of a ``*_series_descriptions.csv``."""
+    parser = argparse.ArgumentParser(prog="python -m spine.baselines", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="kind", required=True)
+    prior = sub.add_parser("prior", help="per-(condition, level) training grade frequencies")
+    prior.add_argument("--train", required=True, help="train.csv")
+    prior.add_argument("--smoothing", type=float, default=1.0, help="Laplace smoothing (default 1)")
+    uniform = sub.add_parser("uniform", help="1/3 for every grade")
+    for p in (prior, uniform):
+        p.add_argument("--studies", required=True, help="*_series_descriptions.csv listing the study ids")
+        p.add_argument("--out", required=True, help="submission CSV to write")
+    args = parser.parse_args(argv)
+    try:
+        studies = pd.read_csv(args.studies)["study_id"]
+        if args.kind == "prior":
+            result = class_prior_submission(pd.read_csv(args.train), studies, args.smoothing)
+        else:
+            result = uniform_submission(studies)
+    except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        print(f"spine.baselines: error: {err}", file=sys.stderr)
+        return 2
+    result.to_csv(args.out, index=False)
+    print(f"wrote {len(result)} rows ({len(result) // len(LABEL_COLUMNS)} studies) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

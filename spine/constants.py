@@ -1,0 +1,92 @@
+"""Names of the RSNA 2024 lumbar spine task: conditions, levels, severities and the strings built from them.
+
+Every other module builds column names, row ids and label strings from here, so that the spelling of the
+competition files lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+# Disc levels, cranial to caudal. `LEVELS` is the spelling of column names and row ids, `LEVEL_NAMES` the
+# spelling of train_label_coordinates.csv.
+LEVELS: tuple[str, ...] = ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")
+LEVEL_NAMES: tuple[str, ...] = ("L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1")
+
+# Conditions in the column order of train.csv. Left/right are the patient's sides (world LPS +x is left).
+CONDITIONS: tuple[str, ...] = (
+    "spinal_canal_stenosis",
+    "left_neural_foraminal_narrowing",
+    "right_neural_foraminal_narrowing",
+    "left_subarticular_stenosis",
+    "right_subarticular_stenosis",
+)
+CONDITION_NAMES: tuple[str, ...] = (
+    "Spinal Canal Stenosis",
+    "Left Neural Foraminal Narrowing",
+    "Right Neural Foraminal Narrowing",
+    "Left Subarticular Stenosis",
+    "Right Subarticular Stenosis",
+)
+
+# Metric groups: each condition belongs to one group of the competition metric.
+CONDITION_GROUP: dict[str, str] = {
+    "spinal_canal_stenosis": "spinal",
+    "left_neural_foraminal_narrowing": "foraminal",
+    "right_neural_foraminal_narrowing": "foraminal",
+    "left_subarticular_stenosis": "subarticular",
+    "right_subarticular_stenosis": "subarticular",
+}
+GROUPS: tuple[str, ...] = ("spinal", "foraminal", "subarticular")
+
+# The three grades, as written in train.csv, and the matching submission columns.
+SEVERITIES: tuple[str, ...] = ("Normal/Mild", "Moderate", "Severe")
+PROB_COLUMNS: tuple[str, ...] = ("normal_mild", "moderate", "severe")
+SEVERITY_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0)  # metric sample weight of each true grade
+
+# Series types, as written in *_series_descriptions.csv.
+SERIES_TYPES: tuple[str, ...] = ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")
+
+# The series on which each condition is labelled in train_label_coordinates.csv.
+CONDITION_SERIES: dict[str, str] = {
+    "spinal_canal_stenosis": "Sagittal T2/STIR",
+    "left_neural_foraminal_narrowing": "Sagittal T1",
+    "right_neural_foraminal_narrowing": "Sagittal T1",
+    "left_subarticular_stenosis": "Axial T2",
+    "right_subarticular_stenosis": "Axial T2",
+}
+
+
+def label_column(condition: str, level: str) -> str:
+    """train.csv column of one condition at one level, e.g. ``spinal_canal_stenosis_l4_l5``."""
+    return f"{condition}_{level}"
+
+
+LABEL_COLUMNS: tuple[str, ...] = tuple(label_column(c, lv) for c in CONDITIONS for lv in LEVELS)
+
+
+def row_id(study_id: int | str, condition: str, level: str) -> str:
+    """Submission row id, e.g. ``1001_left_neural_foraminal_narrowing_l4_l5``."""
+    return f"{study_id}_{condition}_{level}"
+
+
+def study_row_ids(study_id: int | str) -> list[str]:
+    """The 25 submission row ids of one study, in train.csv column order."""
+    return [row_id(study_id, c, lv) for c in CONDITIONS for lv in LEVELS]
+
+
+def parse_row_id(rid: str) -> tuple[int, str, str]:
+    """Inverse of :func:`row_id`: ``(study_id, condition, level)``."""
+    study, rest = rid.split("_", 1)
+    condition, level = rest[: -len("_l1_l2")], rest[-len("l1_l2"):]
+    if condition not in CONDITIONS or level not in LEVELS:
+        raise ValueError(f"not a submission row id: {rid!r}")
+    return int(study), condition, level
+
+
+def condition_from_name(name: str) -> str:
+    """``'Left Neural Foraminal Narrowing'`` -> ``'left_neural_foraminal_narrowing'``."""
+    return CONDITIONS[CONDITION_NAMES.index(name)]
+
+
+def level_from_name(name: str) -> str:
+    """``'L4/L5'`` -> ``'l4_l5'``."""
+    return LEVELS[LEVEL_NAMES.index(name)]

@@ -1,0 +1,24 @@
+"""Shared fixtures: synthetic datasets are generated once per test session, in temporary folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spine.config import compose
+from spine.synth.config import SynthConfig
+
+
+def make_synth(out_dir: Path, *overrides: str) -> Path:
+    """Generate a synthetic dataset (tiny preset unless overridden) into ``out_dir``."""
+    from spine.synth.generate import generate
+
+    cfg = compose("synth", ["preset=tiny", f"out_dir={out_dir}", *overrides], SynthConfig)
+    return generate(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """The tiny preset, seed 0: 4 train + 2 test studies. Treat as read-only."""
+    return make_synth(tmp_path_factory.mktemp("tiny"), "seed=0")

@@ -1,0 +1,103 @@
+"""Tests of spine.baselines: uniform and class-prior submissions and their CLI."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spine.baselines import class_prior_submission, class_priors, uniform_submission
+from spine.constants import CONDITIONS, LABEL_COLUMNS, PROB_COLUMNS, SEVERITIES, label_column, row_id, study_row_ids
+from spine.metric import score
+
+NM, MOD, SEV = SEVERITIES
+SPINAL, LEFT_NFN = CONDITIONS[0], CONDITIONS[1]
+
+
+def hand_train() -> pd.DataFrame:
+    """Four studies; spinal l1_l2 = NM, NM, MOD, NaN; left NFN l5_s1 = SEV, SEV, SEV, MOD; the rest NaN."""
+    frame = pd.DataFrame({"study_id": [11, 12, 13, 14], **{c: [np.nan] * 4 for c in LABEL_COLUMNS}})
+    frame[label_column(SPINAL, "l1_l2")] = [NM, NM, MOD, np.nan]
+    frame[label_column(LEFT_NFN, "l5_s1")] = [SEV, SEV, SEV, MOD]
+    return frame
+
+
+def probs_of(sub: pd.DataFrame, rid: str) -> list[float]:
+    return sub.set_index("row_id").loc[rid, list(PROB_COLUMNS)].tolist()
+
+
+def test_prior_matches_frequencies():
+    train = hand_train()
+    sub = class_prior_submission(train, [101, 102], smoothing=1.0)
+    assert list(sub.columns) == ["row_id", *PROB_COLUMNS]
+    assert sub["row_id"].tolist() == study_row_ids(101) + study_row_ids(102)
+    for study in (101, 102):
+        assert probs_of(sub, row_id(study, SPINAL, "l1_l2")) == pytest.approx([3 / 6, 2 / 6, 1 / 6])
+        assert probs_of(sub, row_id(study, LEFT_NFN, "l5_s1")) == pytest.approx([1 / 7, 2 / 7, 4 / 7])
+        assert probs_of(sub, row_id(study, SPINAL, "l2_l3")) == pytest.approx([1 / 3] * 3)  # no labels
+    assert np.allclose(sub[list(PROB_COLUMNS)].sum(axis=1), 1.0)
+
+
+def test_prior_without_smoothing():
+    priors = class_priors(hand_train(), smoothing=0.0)
+    assert priors.shape == (len(LABEL_COLUMNS), 3)
+    assert priors[LABEL_COLUMNS.index(label_column(SPINAL, "l1_l2"))] == pytest.approx([2 / 3, 1 / 3, 0])
+    assert priors[LABEL_COLUMNS.index(label_column(LEFT_NFN, "l5_s1"))] == pytest.approx([0, 1 / 4, 3 / 4])
+    assert priors[LABEL_COLUMNS.index(label_column(SPINAL, "l5_s1"))] == pytest.approx([1 / 3] * 3)
+    assert np.allclose(priors.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="smoothing"):
+        class_priors(hand_train(), smoothing=-1.0)
+
+
+def test_prior_study_ids_deduplicated_in_order_and_train_not_mutated():
+    train = hand_train()
+    copy = train.copy(deep=True)
+    sub = class_prior_submission(train, [7, 3, 7, 3, 5])
+    assert len(sub) == 3 * len(LABEL_COLUMNS)
+    assert sub["row_id"].tolist() == study_row_ids(7) + study_row_ids(3) + study_row_ids(5)
+    pd.testing.assert_frame_equal(train, copy)
+
+
+def test_prior_rejects_bad_labels():
+    train = hand_train()
+    train[label_column(SPINAL, "l1_l2")] = "Mild"
+    with pytest.raises(ValueError, match="Mild"):
+        class_prior_submission(train, [1])
+
+
+def test_uniform_submission_scores_ln3_per_group():
+    sub = uniform_submission([11, 12, 13, 14])
+    assert len(sub) == 4 * 25 and np.allclose(sub[list(PROB_COLUMNS)], 1 / 3)
+    result = score(hand_train(), sub)
+    assert result["spinal"] == pytest.approx(math.log(3))
+    assert result["foraminal"] == pytest.approx(math.log(3))
+
+
+def test_prior_beats_uniform_on_its_own_training_labels():
+    train = hand_train()
+    prior = score(train, class_prior_submission(train, train["study_id"]))
+    uniform = score(train, uniform_submission(train["study_id"]))
+    assert prior["spinal"] < uniform["spinal"] and prior["foraminal"] < uniform["foraminal"]
+
+
+def test_cli_prior(tmp_path: Path):
+    train = hand_train()
+    train_csv, out_csv = tmp_path / "train.csv", tmp_path / "out.csv"
+    series_csv = tmp_path / "test_series_descriptions.csv"
+    train.to_csv(train_csv, index=False)
+    pd.DataFrame({"study_id": [44, 44, 44, 45], "series_id": [1, 2, 3, 4],
+                  "series_description": ["Sagittal T1", "Sagittal T2/STIR", "Axial T2", "Axial T2"]}
+                 ).to_csv(series_csv, index=False)
+    done = subprocess.run([sys.executable, "-m", "spine.baselines", "prior", "--train", str(train_csv),
+                           "--studies", str(series_csv), "--out", str(out_csv)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    written = pd.read_csv(out_csv)
+    pd.testing.assert_frame_equal(written, class_prior_submission(train, [44, 45]), check_dtype=False)
+    missing = subprocess.run([sys.executable, "-m", "spine.baselines", "prior", "--train", str(tmp_path / "no.csv"),
+                              "--studies", str(series_csv), "--out", str(out_csv)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
