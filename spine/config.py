@@ -37,11 +37,23 @@ def compose(command: str, overrides: list[str], schema: type[T]) -> T:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    config_dir = CONFIG_DIR / command
+    # Group choices (``preset=tiny``) go to Hydra; values (``seed=3``) are merged onto the typed schema,
+    # so every field of the schema can be set even where the YAML does not mention it, and unknown keys
+    # or ill-typed values are refused by OmegaConf.
+    groups = [o for o in overrides if (config_dir / o.split("=", 1)[0].lstrip("+~")).is_dir()]
+    values = [o for o in overrides if o not in groups]
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR / command), version_base="1.3"):
-            cfg = hydra_compose(config_name=command, overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = hydra_compose(config_name=command, overrides=groups)
         merged = OmegaConf.merge(OmegaConf.structured(schema), _plain(cfg))
+        for item in values:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except ConfigError:
+        raise
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise ConfigError(_first_line(err)) from err
 

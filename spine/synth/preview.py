@@ -47,7 +47,7 @@ def make_preview(data_dir: str | Path, study_id: int | None = None, out: str | P
     fig, axes = plt.subplots(2, 5, figsize=(20, 8.4), facecolor="black")
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (title, image, points) in zip(axes.ravel(), panels):
+    for ax, (title, image, points) in zip([*axes[0, :4], *axes[1]], panels):
         if image is None:
             ax.set_title(f"{title}\n(missing)", color="white", fontsize=9)
             continue
@@ -56,7 +56,8 @@ def make_preview(data_dir: str | Path, study_id: int | None = None, out: str | P
         for _, p in points.iterrows():
             ax.plot(p.x, p.y, "+", color=COLOURS[p.condition], markersize=12, markeredgewidth=1.5)
         ax.set_title(title, color="white", fontsize=9)
-    fig.suptitle(f"study {study_id}", color="white")
+    fig.suptitle(f"study {study_id}: label points + yellow spinal canal, green patient left, cyan patient right",
+                 color="white")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,6 @@ def _panels(folder: Path, series: pd.DataFrame, coords: pd.DataFrame):
     panels.append(("Sagittal T2/STIR, spinal canal", *labelled("Spinal", t2)))
     panels.append(("Sagittal T1, left foramina", *labelled("Left Neural", t1)))
     panels.append(("Sagittal T1, right foramina", *labelled("Right Neural", t1)))
-    panels.append(("(legend) yellow spinal, green left, cyan right", None, none))
     for level in LEVEL_NAMES:
         pts = coords[(coords.series_id == ax) & (coords.level == level) & coords.condition.str.contains("Subart")]
         instance = pts.instance_number.iloc[0] if len(pts) else None

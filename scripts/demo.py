@@ -1,0 +1,69 @@
+"""The end-to-end demo: synthetic data -> (preprocess -> landmarks -> grading -> submission) -> score.
+
+Run through ``scripts/demo.sh`` (which sets up .venv). Every step calls the project's public command line,
+exactly as a user would, and prints the command before running it. Outputs go under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def run(step: str, command: list[str]) -> None:
+    """Run one pipeline step, echoing it; stop the demo with the step's exit code if it fails."""
+    print(f"\n=== {step}\n$ {shlex.join(command)}", flush=True)
+    started = time.perf_counter()
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        print(f"[demo] step '{step}' failed with exit code {result.returncode}", file=sys.stderr)
+        raise SystemExit(result.returncode)
+    print(f"[demo] {step}: {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def score(name: str, submission: Path, labels: Path) -> dict:
+    out = subprocess.run([str(BIN / "spine-score"), str(submission), "--labels", str(labels), "--json"],
+                         capture_output=True, text=True, check=True)
+    return {"name": name, **json.loads(out.stdout)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
+    parser.add_argument("--preset", default="small", help="synthetic preset: tiny, small or realistic")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    data = out / "data"
+    py = sys.executable
+
+    run("1. synthetic studies in the RSNA layout",
+        [py, "-m", "spine.synth", f"out_dir={data}", f"preset={args.preset}", f"seed={args.seed}", "overwrite=true"])
+    run("2. preview of one study", [py, "-m", "spine.synth.preview", f"data_dir={data}", f"out={out / 'preview.png'}"])
+    run("3. class-prior baseline submission",
+        [py, "-m", "spine.baselines", "prior", "--train", str(data / "train.csv"),
+         "--studies", str(data / "test_series_descriptions.csv"), "--out", str(out / "prior_submission.csv")])
+
+    labels = data / "test_labels.csv"
+    rows = [score("class prior", out / "prior_submission.csv", labels),
+            score("uniform 1/3", data / "sample_submission.csv", labels),
+            score("oracle (best possible)", data / "oracle_submission.csv", labels)]
+    print("\n=== scores on the synthetic test studies (competition metric, lower is better)")
+    print(f"{'submission':<24}{'score':>8}{'spinal':>9}{'foram.':>9}{'subart.':>9}{'any_sev':>9}")
+    for r in rows:
+        print(f"{r['name']:<24}{r['score']:>8.4f}{r['spinal']:>9.4f}{r['foraminal']:>9.4f}"
+              f"{r['subarticular']:>9.4f}{r['any_severe_spinal']:>9.4f}")
+    (out / "scores.json").write_text(json.dumps(rows, indent=2))
+    print(f"\n[demo] outputs in {out}: data/ (RSNA layout), preview.png, prior_submission.csv, scores.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""The README's demo command, end to end on the tiny preset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_end_to_end_and_the_oracle_wins(tmp_path: Path):
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(out), "--preset", "tiny"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    scores = {row["name"]: row["score"] for row in json.loads((out / "scores.json").read_text())}
+    assert scores["oracle (best possible)"] < scores["class prior"]
+    assert (out / "preview.png").exists() and (out / "data" / "train.csv").exists()
+    assert "outputs in" in result.stdout
