@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from spine.constants import LABEL_COLUMNS, PROB_COLUMNS, study_row_ids
+from spine.constants import LABEL_COLUMNS, PROB_COLUMNS, SEVERITY_WEIGHTS, study_row_ids
 from spine.metric import labels_to_long
 
 
@@ -39,24 +39,31 @@ def uniform_submission(study_ids: Iterable[object]) -> pd.DataFrame:
     return _submission(study_ids, np.full((len(LABEL_COLUMNS), len(PROB_COLUMNS)), 1.0 / len(PROB_COLUMNS)))
 
 
-def class_priors(train_labels: pd.DataFrame, smoothing: float = 1.0) -> np.ndarray:
-    """(25, 3) grade frequencies per train.csv label column, NaN labels ignored, Laplace-smoothed.
+def class_priors(train_labels: pd.DataFrame, smoothing: float = 1.0, weighted: bool = True) -> np.ndarray:
+    """(25, 3) grade priors per train.csv label column, NaN labels ignored, Laplace-smoothed.
 
-    ``p = (count + smoothing) / (n + 3 * smoothing)``; a column with no counts at all gets 1/3 each.
+    ``weighted=False``: frequencies ``p = (count + smoothing) / (n + 3 * smoothing)``.
+    ``weighted=True`` (default): ``p_k`` proportional to ``w_k * (count_k + smoothing)`` with the metric's
+    sample weights w = (1, 2, 4): the constant prediction that minimises the weighted log loss of each group,
+    i.e. the "per-level class prior" baseline of the competition (about 0.79 on the real data). Plain
+    frequencies under-predict the up-weighted Moderate and Severe grades and score worse than uniform.
+    A column with no counts at all gets 1/3 each.
     """
     if smoothing < 0:
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
     severity = labels_to_long(train_labels)["severity"].to_numpy().reshape(-1, len(LABEL_COLUMNS))
     counts = np.stack([(severity == k).sum(axis=0) for k in range(len(PROB_COLUMNS))], axis=1) + smoothing
+    if weighted:
+        counts = counts * np.asarray(SEVERITY_WEIGHTS)
     totals = counts.sum(axis=1, keepdims=True)
     uniform = np.full_like(counts, 1.0 / len(PROB_COLUMNS), dtype=np.float64)
     return np.divide(counts, totals, out=uniform, where=totals > 0)
 
 
 def class_prior_submission(train_labels: pd.DataFrame, study_ids: Iterable[object],
-                           smoothing: float = 1.0) -> pd.DataFrame:
-    """Submission predicting, for each study and each (condition, level), the training grade frequencies."""
-    return _submission(study_ids, class_priors(train_labels, smoothing))
+                           smoothing: float = 1.0, weighted: bool = True) -> pd.DataFrame:
+    """Submission predicting, for each study and (condition, level), the training priors (:func:`class_priors`)."""
+    return _submission(study_ids, class_priors(train_labels, smoothing, weighted))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prior = sub.add_parser("prior", help="per-(condition, level) training grade frequencies")
     prior.add_argument("--train", required=True, help="train.csv")
     prior.add_argument("--smoothing", type=float, default=1.0, help="Laplace smoothing (default 1)")
+    prior.add_argument("--frequencies", action="store_true",
+                       help="plain grade frequencies instead of the metric-weighted prior")
     uniform = sub.add_parser("uniform", help="1/3 for every grade")
     for p in (prior, uniform):
         p.add_argument("--studies", required=True, help="*_series_descriptions.csv listing the study ids")
@@ -74,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         studies = pd.read_csv(args.studies)["study_id"]
         if args.kind == "prior":
-            result = class_prior_submission(pd.read_csv(args.train), studies, args.smoothing)
+            result = class_prior_submission(pd.read_csv(args.train), studies, args.smoothing,
+                                            weighted=not args.frequencies)
         else:
             result = uniform_submission(studies)
     except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:

@@ -31,9 +31,22 @@ def probs_of(sub: pd.DataFrame, rid: str) -> list[float]:
     return sub.set_index("row_id").loc[rid, list(PROB_COLUMNS)].tolist()
 
 
+def test_weighted_prior_is_proportional_to_metric_weight_times_count():
+    sub = class_prior_submission(hand_train(), [101], smoothing=1.0)
+    assert probs_of(sub, row_id(101, SPINAL, "l1_l2")) == pytest.approx([3 / 11, 4 / 11, 4 / 11])  # (3,2,1)*(1,2,4)
+    assert probs_of(sub, row_id(101, LEFT_NFN, "l5_s1")) == pytest.approx([1 / 21, 4 / 21, 16 / 21])
+
+
+def test_weighted_prior_minimises_the_metric_among_constant_predictions():
+    train = hand_train()
+    weighted = score(train, class_prior_submission(train, train["study_id"], smoothing=0.0))
+    plain = score(train, class_prior_submission(train, train["study_id"], smoothing=0.0, weighted=False))
+    assert weighted["spinal"] < plain["spinal"] and weighted["foraminal"] < plain["foraminal"]
+
+
 def test_prior_matches_frequencies():
     train = hand_train()
-    sub = class_prior_submission(train, [101, 102], smoothing=1.0)
+    sub = class_prior_submission(train, [101, 102], smoothing=1.0, weighted=False)
     assert list(sub.columns) == ["row_id", *PROB_COLUMNS]
     assert sub["row_id"].tolist() == study_row_ids(101) + study_row_ids(102)
     for study in (101, 102):
@@ -44,7 +57,7 @@ def test_prior_matches_frequencies():
 
 
 def test_prior_without_smoothing():
-    priors = class_priors(hand_train(), smoothing=0.0)
+    priors = class_priors(hand_train(), smoothing=0.0, weighted=False)
     assert priors.shape == (len(LABEL_COLUMNS), 3)
     assert priors[LABEL_COLUMNS.index(label_column(SPINAL, "l1_l2"))] == pytest.approx([2 / 3, 1 / 3, 0])
     assert priors[LABEL_COLUMNS.index(label_column(LEFT_NFN, "l5_s1"))] == pytest.approx([0, 1 / 4, 3 / 4])
@@ -80,7 +93,7 @@ def test_uniform_submission_scores_ln3_per_group():
 
 def test_prior_beats_uniform_on_its_own_training_labels():
     train = hand_train()
-    prior = score(train, class_prior_submission(train, train["study_id"]))
+    prior = score(train, class_prior_submission(train, train["study_id"], smoothing=0.0))
     uniform = score(train, uniform_submission(train["study_id"]))
     assert prior["spinal"] < uniform["spinal"] and prior["foraminal"] < uniform["foraminal"]
 
