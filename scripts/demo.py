@@ -51,6 +51,10 @@ def main() -> int:
         [py, "-m", "spine.baselines", "prior", "--train", str(data / "train.csv"),
          "--studies", str(data / "test_series_descriptions.csv"), "--out", str(out / "prior_submission.csv")])
 
+    cache = out / "cache"
+    run("4. preprocess: DICOM -> patient volumes (LPS), coordinates in pixel/world/voxel frames, folds",
+        [py, "-m", "spine.preprocess", f"data_dir={data}", f"cache_dir={cache}", "split=all"])
+
     labels = data / "test_labels.csv"
     rows = [score("class prior", out / "prior_submission.csv", labels),
             score("uniform 1/3", data / "sample_submission.csv", labels),
@@ -61,7 +65,8 @@ def main() -> int:
         print(f"{r['name']:<24}{r['score']:>8.4f}{r['spinal']:>9.4f}{r['foraminal']:>9.4f}"
               f"{r['subarticular']:>9.4f}{r['any_severe_spinal']:>9.4f}")
     (out / "scores.json").write_text(json.dumps(rows, indent=2))
-    print(f"\n[demo] outputs in {out}: data/ (RSNA layout), preview.png, prior_submission.csv, scores.json")
+    print(f"\n[demo] outputs in {out}: data/ (RSNA layout), preview.png, cache/ (volumes, series.csv, "
+          "coordinates.csv, folds.csv), prior_submission.csv, scores.json")
     return 0
 
 

@@ -1,0 +1,429 @@
+"""The preprocessing run: every listed series -> cached patient volume, then series.csv, coordinates.csv, folds.csv.
+
+One series is one job (`process_series`, a pure function of the job), run in a process pool. A job never
+raises: a broken series becomes a row with status ``error`` and the reason. A worker process that dies
+(segfault, out of memory) is detected; the series it held are retried one at a time, and the one that kills
+its worker again is recorded as an error. Each volume is written atomically and its record (``.json``)
+last, so a run killed at any moment leaves only complete series, plus temporary files that the next run
+deletes; a re-run skips complete series and redoes the rest (``overwrite=true`` redoes everything listed).
+Series that failed are retried on every run (failures are cheap, and may have been transient).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spine.preprocess import cache as layout
+from spine.preprocess.cache import (COORDINATE_COLUMNS, FOLD_COLUMNS, SERIES_COLUMNS, cache_id, cache_params,
+                                    format_triple)
+from spine.preprocess.config import PreprocessConfig
+from spine.preprocess.folds import make_folds
+from spine.preprocess.volume import Grid, InstanceGeometry, spacing_for
+
+__all__ = ["Job", "Summary", "process_series", "run"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything one worker needs to turn one series folder into one cached volume."""
+
+    split: str
+    study_id: int
+    series_id: int
+    description: str
+    series_dir: str
+    root: str  # cache-id folder
+    spacing: tuple[float, float, float]
+    min_slices: int
+    max_gap_factor: float
+    max_voxels: int
+
+
+@dataclass
+class Summary:
+    """What a run did; ``exit_code`` is 1 only if no listed series has a volume."""
+
+    cache_root: str
+    n_series: int = 0
+    n_studies: int = 0
+    n_built: int = 0
+    n_cached: int = 0
+    n_errors: int = 0
+    seconds: float = 0.0
+    read_s: float = 0.0
+    resample_s: float = 0.0
+    write_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    failures: list[tuple[int, int, str, str]] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def n_ok(self) -> int:
+        return self.n_built + self.n_cached
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.n_ok > 0 else 1
+
+
+# ------------------------------------------------------------------------------------------ one series
+
+
+def process_series(job: Job) -> dict:
+    """Read, resample and write one series; returns its record (status ok or error). Never raises."""
+    from spine.io.dicom import SeriesReadError, read_series
+    from spine.preprocess.volume import VolumeError, instance_geometry, make_volume
+
+    root = Path(job.root)
+    record = _base_record(job)
+    folder = layout.volume_path(root, job.study_id, job.series_id).parent
+    started = time.perf_counter()
+    try:
+        layout.remove_partials(folder, job.series_id)
+        series = read_series(job.series_dir)
+        record["instances"] = {str(n): g.to_list() for n, g in instance_geometry(series).items()}
+        record.update(_stack_fields(series))
+        read_done = time.perf_counter()
+        volume = make_volume(series, job.spacing, min_slices=job.min_slices,
+                             max_gap_factor=job.max_gap_factor, max_voxels=job.max_voxels)
+        del series  # the stacks' pixels stay referenced by volume.stacks until the end of the job
+        resample_done = time.perf_counter()
+        record.update(status="ok", reason=_join([*record.pop("_notes"), *volume.notes]),
+                      shape=format_triple(volume.grid.size), spacing=format_triple(volume.grid.spacing),
+                      origin=format_triple(volume.grid.origin))
+        layout.write_image(volume.image, layout.volume_path(root, job.study_id, job.series_id))
+        layout.write_image(volume.mask, layout.mask_path(root, job.study_id, job.series_id), compress=True)
+        layout.write_text(json.dumps(record), layout.record_path(root, job.study_id, job.series_id))
+        record["timing"] = [read_done - started, resample_done - read_done, time.perf_counter() - resample_done]
+    except (SeriesReadError, VolumeError) as exc:
+        _record_error(record, str(exc), root, job)
+    except Exception as exc:  # noqa: BLE001 - one bad series must never stop the run
+        _record_error(record, f"unexpected {type(exc).__name__}: {exc}", root, job)
+    record.pop("_notes", None)
+    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return record
+
+
+def _base_record(job: Job) -> dict:
+    return {"version": layout.CACHE_VERSION, "split": job.split, "study_id": job.study_id,
+            "series_id": job.series_id, "description": job.description, "status": "error", "reason": "",
+            "n_stacks": None, "n_slices": None, "n_skipped_files": None, "orig_shape": "", "orig_spacing": "",
+            "shape": "", "spacing": "", "origin": "", "grid_spacing": list(job.spacing), "instances": {},
+            "_notes": []}
+
+
+def _stack_fields(series) -> dict:
+    skipped = series.skipped
+    notes = []
+    if skipped:
+        listed = "; ".join(f"{Path(s.path).name}: {_short(s.reason)}" for s in skipped[:5])
+        notes.append(f"skipped {len(skipped)} file(s) ({listed}{'; ...' if len(skipped) > 5 else ''})")
+    return {"n_stacks": len(series.stacks), "n_slices": sum(s.n_slices for s in series.stacks),
+            "n_skipped_files": len(skipped),
+            "orig_shape": "; ".join(format_triple(s.shape[::-1]) for s in series.stacks),
+            "orig_spacing": "; ".join(format_triple(np.round(s.spacing, 4)) for s in series.stacks),
+            "_notes": notes}
+
+
+def _short(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _record_error(record: dict, reason: str, root: Path, job: Job) -> None:
+    record.update(status="error", reason=_join([reason, *record.get("_notes", [])]), shape="", spacing="",
+                  origin="")
+    for path in (layout.record_path(root, job.study_id, job.series_id),  # record first: never a stale "ok"
+                 layout.volume_path(root, job.study_id, job.series_id),
+                 layout.mask_path(root, job.study_id, job.series_id)):
+        path.unlink(missing_ok=True)
+
+
+def _join(notes: list[str]) -> str:
+    return "; ".join(n.replace("\n", " ") for n in notes if n)
+
+
+def cached_record(job: Job) -> dict | None:
+    """The record of a complete series from an earlier run (same description and spacing), else None."""
+    root = Path(job.root)
+    try:
+        record = json.loads(layout.record_path(root, job.study_id, job.series_id).read_text())
+    except (OSError, ValueError):
+        return None
+    if (record.get("status") != "ok" or record.get("version") != layout.CACHE_VERSION
+            or record.get("description") != job.description
+            or [float(v) for v in record.get("grid_spacing", [])] != [float(v) for v in job.spacing]):
+        return None
+    n_voxels = int(np.prod([int(float(v)) for v in str(record.get("shape", "0")).split()]))
+    volume = layout.volume_path(root, job.study_id, job.series_id)
+    try:
+        if volume.stat().st_size < 348 + 4 * n_voxels or not layout.mask_path(
+                root, job.study_id, job.series_id).is_file():
+            return None
+    except OSError:
+        return None
+    record["split"] = job.split
+    return record
+
+
+# ------------------------------------------------------------------------------------------- the pool
+
+
+def _init_worker(threads: int) -> None:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
+
+
+def _crash_record(job: Job) -> dict:
+    record = _base_record(job)
+    record.pop("_notes")
+    record["reason"] = "the worker process died while processing this series (crash or out of memory)"
+    return record
+
+
+def execute(jobs: list[Job], workers: int, threads: int):
+    """Yield the record of every job, in completion order. ``workers=1`` runs them in this process."""
+    if workers <= 1:
+        _init_worker(threads)
+        for job in jobs:
+            yield process_series(job)
+        return
+    pending = deque(jobs)
+    while pending:
+        suspects: list[Job] = []
+        pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,))
+        running: dict = {}
+        try:
+            while pending or running:
+                while pending and len(running) < workers:  # never more queued than running: on a
+                    job = pending.popleft()                 # crash, the suspects are exactly these
+                    running[pool.submit(process_series, job)] = job
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    record = future.result()  # BrokenProcessPool if a worker died
+                    running.pop(future)
+                    yield record
+        except BrokenProcessPool:
+            suspects = list(running.values())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for job in suspects:  # each alone, so that only the culprit is blamed
+            yield _run_alone(job, threads)
+
+
+def _run_alone(job: Job, threads: int) -> dict:
+    with ProcessPoolExecutor(1, initializer=_init_worker, initargs=(threads,)) as pool:
+        try:
+            return pool.submit(process_series, job).result()
+        except BrokenProcessPool:
+            return _crash_record(job)
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def _log(message: str) -> None:
+    print(f"[preprocess] {message}", file=sys.stderr, flush=True)
+
+
+def list_jobs(cfg: PreprocessConfig, root: Path) -> tuple[list[Job], list[str]]:
+    """One job per row of the chosen splits' *_series_descriptions.csv; and problems with the listing."""
+    data_dir = Path(cfg.data_dir)
+    spacing_table = cfg.spacing.as_dict()
+    jobs, problems = [], []
+    for split in cfg.splits:
+        listing = data_dir / f"{split}_series_descriptions.csv"
+        if not listing.is_file():
+            problems.append(f"{listing} not found")
+            continue
+        try:
+            frame = pd.read_csv(listing)
+            frame = frame.dropna(subset=["study_id", "series_id"])
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{listing} unreadable: {exc}")
+            continue
+        for row in frame.drop_duplicates(["study_id", "series_id"]).itertuples(index=False):
+            study, series = int(row.study_id), int(row.series_id)
+            description = "" if pd.isna(row.series_description) else str(row.series_description)
+            jobs.append(Job(split, study, series, description,
+                            str(data_dir / f"{split}_images" / str(study) / str(series)), str(root),
+                            spacing_for(description, spacing_table), cfg.min_slices, cfg.max_gap_factor,
+                            cfg.max_voxels))
+    jobs.sort(key=lambda j: (j.study_id, j.series_id))
+    return jobs, problems
+
+
+def run(cfg: PreprocessConfig) -> Summary:
+    """Preprocess every series of the chosen splits into ``cfg.cache_dir/<cache id>``; see the module docstring."""
+    started = time.perf_counter()
+    params = cache_params(cfg.spacing.as_dict(), cfg.min_slices, cfg.max_gap_factor)
+    root = Path(cfg.cache_dir) / cache_id(params)
+    summary = Summary(str(root))
+    jobs, problems = list_jobs(cfg, root)
+    for problem in problems:
+        _log(problem)
+    if not jobs:
+        summary.message = f"nothing to process in {cfg.data_dir} (split={cfg.split})"
+        _log(summary.message)
+        return summary
+    root.mkdir(parents=True, exist_ok=True)
+    _write_cache_json(root, params, cfg)
+    for study in sorted({j.study_id for j in jobs}):  # temporary files of a killed run
+        layout.remove_partials(root / "volumes" / str(study))
+
+    records: dict[tuple[int, int], dict] = {}
+    todo = []
+    for job in jobs:
+        record = None if cfg.overwrite else cached_record(job)
+        if record is None:
+            todo.append(job)
+        else:
+            records[(job.study_id, job.series_id)] = record
+    summary.n_cached = len(records)
+    workers = cfg.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(todo)))
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+    _log(f"cache {root}: {len(jobs)} series in {len({j.study_id for j in jobs})} studies "
+         f"(split={cfg.split}); {len(records)} already complete, {len(todo)} to do with {workers} worker(s)")
+    from tqdm import tqdm
+
+    with tqdm(total=len(todo), unit="series", disable=None if cfg.progress else True, file=sys.stderr) as bar:
+        for record in execute(todo, workers, threads):
+            records[(record["study_id"], record["series_id"])] = record
+            summary.peak_rss_mb = max(summary.peak_rss_mb, record.get("peak_rss_mb", 0.0))
+            if record["status"] == "ok":
+                summary.n_built += 1
+                read_s, resample_s, write_s = record.get("timing", (0, 0, 0))
+                summary.read_s += read_s
+                summary.resample_s += resample_s
+                summary.write_s += write_s
+            bar.update()
+
+    ordered = [records[(j.study_id, j.series_id)] for j in jobs]
+    summary.n_series = len(ordered)
+    summary.n_studies = len({j.study_id for j in jobs})
+    failures = [r for r in ordered if r["status"] != "ok"]
+    summary.n_errors = len(failures)
+    summary.failures = [(r["study_id"], r["series_id"], r["description"], r["reason"]) for r in failures]
+    _write_series_csv(root, ordered)
+    if "train" in cfg.splits:
+        _write_coordinates(root, Path(cfg.data_dir), records)
+        _write_folds(root, Path(cfg.data_dir), cfg)
+    else:
+        for name, columns in (("coordinates.csv", COORDINATE_COLUMNS), ("folds.csv", FOLD_COLUMNS)):
+            if not (root / name).is_file():
+                layout.write_csv(pd.DataFrame(columns=columns), root / name)
+    summary.seconds = time.perf_counter() - started
+    _report(summary)
+    return summary
+
+
+def _write_cache_json(root: Path, params: dict, cfg: PreprocessConfig) -> None:
+    path = root / "cache.json"
+    if path.is_file():
+        return
+    info = {"cache_id": root.name, "params": params, "data_dir": str(Path(cfg.data_dir).resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    layout.write_text(json.dumps(info, indent=2), path)
+
+
+def _write_series_csv(root: Path, records: list[dict]) -> None:
+    """series.csv: this run's rows, plus the rows of earlier runs for series this run did not list."""
+    frame = pd.DataFrame([{c: _cell(r.get(c)) for c in SERIES_COLUMNS} for r in records], columns=SERIES_COLUMNS)
+    path = root / "series.csv"
+    if path.is_file():
+        old = pd.read_csv(path, keep_default_na=False, dtype=str)
+        if list(old.columns) == SERIES_COLUMNS:
+            keys = set(zip(frame.study_id, frame.series_id))
+            old = old[[key not in keys for key in zip(old.study_id, old.series_id)]]
+            frame = pd.concat([old, frame], ignore_index=True)
+    frame = frame.sort_values(["study_id", "series_id"], key=lambda s: s.astype(np.int64), kind="stable")
+    layout.write_csv(frame, path)
+
+
+def _cell(value) -> str:
+    """A series.csv cell as text: None -> empty, integral numbers without a decimal point."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    return str(value)
+
+
+def _write_coordinates(root: Path, data_dir: Path, records: dict[tuple[int, int], dict]) -> None:
+    """coordinates.csv: every row of train_label_coordinates.csv, plus world LPS mm and cache voxel."""
+    path = data_dir / "train_label_coordinates.csv"
+    labels = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COORDINATE_COLUMNS[:7])
+    labels = labels.reset_index(drop=True)
+    world = np.full((len(labels), 3), np.nan)
+    voxel = np.full((len(labels), 3), np.nan)
+    for (study, series), rows in labels.groupby(["study_id", "series_id"]).groups.items():
+        record = records.get((int(study), int(series)))
+        if record is None:
+            continue
+        instances = {int(k): InstanceGeometry.from_list(v) for k, v in record.get("instances", {}).items()}
+        grid = None
+        if record["status"] == "ok":
+            grid = Grid(layout.parse_triple(record["origin"]), layout.parse_triple(record["spacing"]),
+                        tuple(int(v) for v in layout.parse_triple(record["shape"])))
+        for index in rows:
+            number, x, y = labels.at[index, "instance_number"], labels.at[index, "x"], labels.at[index, "y"]
+            geometry = instances.get(int(number)) if pd.notna(number) else None
+            if geometry is None:
+                continue  # instance missing or unreadable: no position (NaN)
+            world[index] = geometry.pixel_to_world(x, y)
+            if grid is not None:
+                voxel[index] = grid.world_to_voxel(world[index])
+    out = labels.copy()
+    out[["world_x", "world_y", "world_z"]] = world
+    out[["voxel_i", "voxel_j", "voxel_k"]] = voxel
+    layout.write_csv(out, root / "coordinates.csv")
+
+
+def _write_folds(root: Path, data_dir: Path, cfg: PreprocessConfig) -> None:
+    """folds.csv, written once (again only with overwrite=true): every later stage reuses it."""
+    path = root / "folds.csv"
+    train_path = data_dir / "train.csv"
+    if not train_path.is_file():
+        _log(f"{train_path} not found: folds.csv not written")
+        return
+    folds = make_folds(pd.read_csv(train_path), cfg.n_folds, cfg.fold_seed)
+    if path.is_file() and not cfg.overwrite:
+        old = pd.read_csv(path)
+        if set(old.study_id) != set(folds.study_id):
+            _log(f"{path} kept as written earlier, but its studies differ from {train_path}; "
+                 f"rerun with overwrite=true to redo the folds")
+        return
+    layout.write_csv(folds, path)
+
+
+def _report(summary: Summary) -> None:
+    rate = summary.n_studies / summary.seconds if summary.seconds else 0.0
+    _log(f"done in {summary.seconds:.1f} s: {summary.n_series} series in {summary.n_studies} studies "
+         f"({rate:.2f} studies/s); {summary.n_ok} ok ({summary.n_built} built, {summary.n_cached} already "
+         f"complete), {summary.n_errors} error(s); read {summary.read_s:.1f} s, resample "
+         f"{summary.resample_s:.1f} s, write {summary.write_s:.1f} s (summed over workers); "
+         f"peak worker memory {summary.peak_rss_mb:.0f} MB")
+    for study, series, description, reason in summary.failures[:20]:
+        _log(f"  error {study}/{series} ({description or 'no description'}): {reason}")
+    if len(summary.failures) > 20:
+        _log(f"  ... and {len(summary.failures) - 20} more (see series.csv)")
+    if summary.exit_code:
+        _log("no series could be processed")
+    _log(f"cache: {summary.cache_root}")
+
+
+def summary_dict(summary: Summary) -> dict:
+    return {**asdict(summary), "n_ok": summary.n_ok, "exit_code": summary.exit_code}
