@@ -55,6 +55,14 @@ def main() -> int:
     run("4. preprocess: DICOM -> patient volumes (LPS), coordinates in pixel/world/voxel frames, folds",
         [py, "-m", "spine.preprocess", f"data_dir={data}", f"cache_dir={cache}", "split=all"])
 
+    # A short schedule: the tiny preset only checks that the stage runs (benchmarks/landmarks.py trains
+    # every fold to the targets).
+    schedule = ["experiment=smoke"] if args.preset == "tiny" else ["epochs=20"]
+    fold = min(int(line.split(",")[1]) for line in next(cache.glob("*/folds.csv")).read_text().splitlines()[1:])
+    run(f"5. landmark stage: where are the five disc levels (fold {fold}, short schedule)",
+        [str(BIN / "spine-train"), "stage=landmarks", f"fold={fold}", f"cache_dir={cache}",
+         f"run_dir={out / 'runs' / 'landmarks'}", *schedule])
+
     labels = data / "test_labels.csv"
     rows = [score("class prior", out / "prior_submission.csv", labels),
             score("uniform 1/3", data / "sample_submission.csv", labels),
@@ -66,7 +74,8 @@ def main() -> int:
               f"{r['subarticular']:>9.4f}{r['any_severe_spinal']:>9.4f}")
     (out / "scores.json").write_text(json.dumps(rows, indent=2))
     print(f"\n[demo] outputs in {out}: data/ (RSNA layout), preview.png, cache/ (volumes, series.csv, "
-          "coordinates.csv, folds.csv), prior_submission.csv, scores.json")
+          "coordinates.csv, folds.csv), runs/landmarks/ (config, weights, metrics, OOF points, PNG), "
+          "prior_submission.csv, scores.json")
     return 0
 
 

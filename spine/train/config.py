@@ -1,0 +1,161 @@
+"""Typed configuration of ``spine-train`` (``configs/train/train.yaml`` + groups stage/, model/, experiment/).
+
+Only dataclasses and the config loader live here (no torch), so a bad override fails in a second.
+The ``stage`` node is validated against the schema of the stage it names (``STAGES``): each stage brings
+its own options, and a later stage registers its schema here without touching the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from spine.constants import CONDITIONS, SERIES_TYPES
+
+
+# ------------------------------------------------------------------------------------------- stages
+@dataclass
+class GridConfig:
+    """The landmark grid: axes along world x (patient left), y (posterior), z (head), centred on the volume."""
+
+    size: list[int] = field(default_factory=lambda: [24, 80, 80])  # voxels along x, y, z
+    spacing_mm: list[float] = field(default_factory=lambda: [4.0, 4.0, 4.0])
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 3 or len(self.spacing_mm) != 3 or min(self.size) < 1 or min(self.spacing_mm) <= 0:
+            raise ValueError(f"grid: size and spacing_mm need 3 positive values, got {self.size}, {self.spacing_mm}")
+
+
+@dataclass
+class LandmarkAugmentConfig:
+    """Random geometry (applied when the grid is sampled) and torchio intensity transforms."""
+
+    enabled: bool = True
+    rotate_deg: list[float] = field(default_factory=lambda: [10.0, 5.0, 5.0])  # max |angle| about x, y, z
+    scale: float = 0.1  # zoom in [1 - scale, 1 + scale]
+    translate_mm: list[float] = field(default_factory=lambda: [6.0, 16.0, 16.0])
+    flip_lr: float = 0.5  # probability of a left-right mirror (left/right points are swapped)
+    bias_field: float = 0.3  # torchio RandomBiasField coefficients; 0 = off
+    gamma: float = 0.3  # torchio RandomGamma log-gamma range; 0 = off
+    noise_std: float = 0.03  # torchio RandomNoise std upper bound (normalised units); 0 = off
+
+
+@dataclass
+class LandmarkStageConfig:
+    name: str = "landmarks"
+    # Input channels, in order; the first series present defines the grid centre. A missing series is a
+    # zero channel.
+    series: list[str] = field(default_factory=lambda: ["Sagittal T2/STIR", "Sagittal T1"])
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))  # points: conditions x 5 levels
+    grid: GridConfig = field(default_factory=GridConfig)
+    augment: LandmarkAugmentConfig = field(default_factory=LandmarkAugmentConfig)
+    percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])  # robust per-series normalisation
+    sigma_mm: float = 8.0  # target Gaussian of the heatmap cross-entropy
+    l1_scale_mm: float = 10.0  # loss = heatmap_weight * CE + mean |error mm| / l1_scale_mm
+    heatmap_weight: float = 1.0
+    decode: str = "global"  # global: soft-argmax over the grid; local: around each heatmap's peak only
+    decode_radius_mm: float = 12.0  # half-width of the local window
+    plot_studies: int = 4  # studies drawn in the PNG of each validation
+    cache_mb: float = 1024.0  # prepared volumes kept in memory per data-loading process (LRU)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.series if s not in SERIES_TYPES]
+        if bad or not self.series:
+            raise ValueError(f"stage.series: {bad or self.series} not in {list(SERIES_TYPES)}")
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad or not self.conditions:
+            raise ValueError(f"stage.conditions: {bad or self.conditions} not in {list(CONDITIONS)}")
+        if self.decode not in ("global", "local"):
+            raise ValueError(f"stage.decode must be global or local, got {self.decode!r}")
+        sides = {c.split("_", 1)[1] for c in self.conditions if c.startswith(("left_", "right_"))}
+        for rest in sides:
+            if self.augment.flip_lr > 0 and not {f"left_{rest}", f"right_{rest}"} <= set(self.conditions):
+                raise ValueError(f"stage.augment.flip_lr needs both left_{rest} and right_{rest} in "
+                                 "stage.conditions (a flip swaps them)")
+
+
+# name -> (schema, "module:Class" of the stage plug-in). Import paths keep torch out of config loading.
+STAGES: dict[str, tuple[type, str]] = {
+    "landmarks": (LandmarkStageConfig, "spine.train.landmarks:LandmarkStage"),
+}
+
+
+# -------------------------------------------------------------------------------------- model, optim
+@dataclass
+class ModelConfig:
+    name: str = "landmark_25d"  # a registered model (spine.models.list_models())
+    args: dict[str, Any] = field(default_factory=dict)  # constructor arguments beyond what the stage sets
+    weights: Optional[str] = None  # local whole-model weights to start from (.safetensors or torch)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.05  # AdamW; not applied to biases and norm weights
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 1.0  # linear warmup, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    stage: Any = field(default_factory=dict)  # validated against STAGES[stage.name][0]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    experiment: str = ""  # name of the experiment preset, recorded with the run
+    cache_dir: str = "cache"
+    run_dir: str = "runs/landmarks"
+    fold: str = "0"  # a fold number of folds.csv, or "all" (each fold in turn)
+    epochs: int = 30
+    batch_size: int = 8  # per process
+    num_workers: int = 2
+    max_steps_per_epoch: int = 0  # > 0: cut epochs short (smoke runs)
+    val_every: int = 1  # validate every n epochs (and after the last)
+    predict_test: bool = True  # write predictions for the cache's test studies
+    seed: int = 0
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    amp: str = "bf16"  # bf16 | fp16 | none; ignored on CPU
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the model
+    ema: float = 0.0  # EMA decay of the weights (0 = off); validation and saved weights use the EMA
+    resume: bool = False  # continue an interrupted run from its last checkpoint
+    overwrite: bool = False  # replace a finished fold instead of refusing
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.fold = str(self.fold)
+        if self.fold != "all" and not self.fold.isdigit():
+            raise ValueError(f"fold must be a fold number or 'all', got {self.fold!r}")
+        if self.amp not in ("bf16", "fp16", "none"):
+            raise ValueError(f"amp must be bf16, fp16 or none, got {self.amp!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
+            raise ValueError("epochs, batch_size and val_every must be >= 1")
+
+
+def load_config(overrides: list[str]) -> TrainConfig:
+    """Compose ``configs/train`` with Hydra overrides and validate it, stage node included.
+
+    Raises :class:`spine.config.ConfigError` with a one-line message.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from spine.config import ConfigError, _first_line, compose
+
+    cfg = compose("train", overrides, TrainConfig)
+    stage = dict(cfg.stage)
+    name = stage.get("name")
+    if name not in STAGES:
+        raise ConfigError(f"stage.name {name!r} is not a stage; stages: {', '.join(STAGES)}")
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(STAGES[name][0]), stage)
+        cfg.stage = OmegaConf.to_object(node)
+    except OmegaConfBaseException as err:
+        msg = (getattr(err, "msg", None) or _first_line(err)).splitlines()[0].split(" reference_type=")[0]
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"{msg} (full_key: stage.{key})" if key else f"stage: {msg}") from err
+    except ValueError as err:
+        raise ConfigError(_first_line(err)) from err
+    return cfg

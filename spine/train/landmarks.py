@@ -1,0 +1,183 @@
+"""The landmark stage: where the label points of the five disc levels are, in world LPS mm.
+
+Data: :class:`spine.data.landmarks.LandmarkDataset` (sagittal T2 + T1 on a coarse world grid).
+Model: any registered heatmap model (``landmark_25d``, ``landmark_3d``, ...), output ``(B, K, *cells)``.
+Loss: heatmap cross-entropy to a Gaussian + L1 of the soft-argmax position (:func:`spine.losses.landmark_loss`).
+Predictions: one row per study and point, ``study_id, condition, level, world_x, world_y, world_z`` with the
+competition's spelling of condition and level (as in coordinates.csv), so they join the label points.
+Metrics (:func:`landmark_metrics`): error in mm (median, 90th percentile, per level and per condition group),
+level-identification accuracy, share of points within 5 and 10 mm.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spine.constants import CONDITION_GROUP, CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS
+from spine.data.landmarks import LandmarkDataset, point_names, studies_with_series
+from spine.data.transforms import IntensityAugment, RandomGridAffine, lr_swap_permutation
+from spine.losses import landmark_loss, local_soft_argmax, soft_argmax
+from spine.train.stage import Stage
+
+PREDICTION_COLUMNS = ["study_id", "condition", "level", "world_x", "world_y", "world_z"]
+_COND_NAME = dict(zip(CONDITIONS, CONDITION_NAMES))
+_LEVEL_NAME = dict(zip(LEVELS, LEVEL_NAMES))
+
+
+class LandmarkStage(Stage):
+    name = "landmarks"
+    monitor = "median_mm"
+
+    def __init__(self, cfg, cache) -> None:
+        super().__init__(cfg, cache)
+        self.scfg = cfg.stage
+        self.names = point_names(self.scfg.conditions)
+        self.swap = lr_swap_permutation(self.names) if any(c.startswith(("left", "right"))
+                                                           for c in self.scfg.conditions) else None
+
+    # ---- data
+    def datasets(self, fold: int):
+        folds = self.cache.folds
+        if fold not in set(int(f) for f in folds.fold):
+            raise ValueError(f"fold {fold} has no studies in {self.cache.root / 'folds.csv'} "
+                             f"(folds: {sorted(set(int(f) for f in folds.fold))})")
+        s = self.scfg
+        train_ids, skipped_train = studies_with_series(self.cache, folds[folds.fold != fold].study_id, s.series)
+        val_ids, skipped_val = studies_with_series(self.cache, folds[folds.fold == fold].study_id, s.series)
+        test_ids, skipped_test = studies_with_series(self.cache, self.test_studies(), s.series)
+        for what, skipped in (("train", skipped_train), ("validation", skipped_val), ("test", skipped_test)):
+            if skipped:
+                print(f"[train] {len(skipped)} {what} studies have none of {s.series}: left out "
+                      f"(e.g. {skipped[:3]})", file=sys.stderr)
+        common = dict(cache=self.cache, series=s.series, conditions=s.conditions, grid_size=s.grid.size,
+                      grid_spacing=s.grid.spacing_mm, percentiles=s.percentiles, seed=self.cfg.seed,
+                      memory_mb=s.cache_mb)
+        a = s.augment
+        geometry = intensity = None
+        if a.enabled:
+            geometry = RandomGridAffine(tuple(a.rotate_deg), a.scale, tuple(a.translate_mm), a.flip_lr)
+            intensity = IntensityAugment(a.bias_field, a.gamma, a.noise_std)
+        train = LandmarkDataset(study_ids=train_ids, geometry=geometry, intensity=intensity, **common)
+        val = LandmarkDataset(study_ids=val_ids, **common)
+        test = LandmarkDataset(study_ids=test_ids, **common) if test_ids else None
+        return train, val, test
+
+    def test_studies(self) -> list[int]:
+        """Studies of the cache that are not in folds.csv (the test split)."""
+        series, train = self.cache.series, set(int(s) for s in self.cache.folds.study_id)
+        if "split" in series.columns:
+            series = series[series.split == "test"]
+        return sorted(set(int(s) for s in series.study_id) - train)
+
+    def model_kwargs(self) -> dict:
+        return {"in_chans": len(self.scfg.series), "num_points": len(self.names),
+                "grid_size": list(self.scfg.grid.size)}
+
+    # ---- loss and predictions
+    def loss(self, outputs, batch):
+        s = self.scfg
+        return landmark_loss(outputs, batch["target"], batch["mask"], s.grid.spacing_mm, s.grid.size,
+                             sigma_mm=s.sigma_mm, l1_scale_mm=s.l1_scale_mm, heatmap_weight=s.heatmap_weight)
+
+    def decode(self, outputs: torch.Tensor, batch: dict) -> np.ndarray:
+        """(B, K, 3) predicted world LPS mm, in the patient's left/right (mirrored grids are undone)."""
+        s = self.scfg
+        if s.decode == "local":
+            coords = local_soft_argmax(outputs, s.grid.size, [s.decode_radius_mm / v for v in s.grid.spacing_mm])
+        else:
+            coords, _ = soft_argmax(outputs, s.grid.size)
+        world = torch.einsum("bij,bkj->bki", batch["grid_matrix"].double(), coords.double())
+        world = (world + batch["grid_origin"].double()[:, None, :]).cpu().numpy()
+        flips = batch["flip"].cpu().numpy()
+        if self.swap is not None and flips.any():
+            world[flips] = world[flips][:, self.swap]
+        return world
+
+    def predict(self, outputs, batch) -> list[dict]:
+        world = self.decode(outputs, batch)
+        rows = []
+        for b, study in enumerate(batch["study_id"].cpu().tolist()):
+            for k, (condition, level) in enumerate(self.names):
+                rows.append({"study_id": int(study), "condition": _COND_NAME[condition], "level": _LEVEL_NAME[level],
+                             "world_x": world[b, k, 0], "world_y": world[b, k, 1], "world_z": world[b, k, 2]})
+        return rows
+
+    def merge_test(self, frames: list[pd.DataFrame]) -> pd.DataFrame:
+        """Mean position over folds."""
+        frame = pd.concat(frames, ignore_index=True)
+        return frame.groupby(["study_id", "condition", "level"], sort=False, as_index=False)[
+            ["world_x", "world_y", "world_z"]].mean()
+
+    # ---- evaluation
+    @cached_property
+    def truth(self) -> pd.DataFrame:
+        return truth_frame(self.cache.coordinates)
+
+    def evaluate(self, predictions: pd.DataFrame) -> dict[str, float]:
+        return landmark_metrics(predictions, self.truth)
+
+    def report(self, predictions: pd.DataFrame, dataset, path: Path) -> None:
+        n = min(self.scfg.plot_studies, len(dataset))
+        if n > 0 and not predictions.empty:
+            from spine.train.plots import plot_landmarks
+
+            plot_landmarks(dataset, predictions, list(range(n)), path)
+
+
+def truth_frame(coordinates: pd.DataFrame) -> pd.DataFrame:
+    """Label points as ``study_id, condition, level, true_x, true_y, true_z`` (mean of duplicate rows)."""
+    if coordinates.empty:
+        return pd.DataFrame(columns=["study_id", "condition", "level", "true_x", "true_y", "true_z"])
+    frame = coordinates.groupby(["study_id", "condition", "level"], as_index=False)[
+        ["world_x", "world_y", "world_z"]].mean()
+    return frame.rename(columns={"world_x": "true_x", "world_y": "true_y", "world_z": "true_z"})
+
+
+def landmark_metrics(predictions: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """Errors of predicted points against labelled ones (rows joined on study, condition, level).
+
+    - ``median_mm``, ``p90_mm``, ``within_5mm``, ``within_10mm``: over all labelled points;
+      ``median_mm/<level>``, ``p90_mm/<level>``: per disc level; ``median_mm/<group>``: per condition group.
+    - ``level_acc``: share of points nearer to their own level's true point than to the true points of the
+      neighbouring levels of the same condition (points with no labelled neighbour are not counted).
+    """
+    merged = predictions.merge(truth, on=["study_id", "condition", "level"], how="inner")
+    if merged.empty:
+        return {"n_points": 0.0}
+    pred = merged[["world_x", "world_y", "world_z"]].to_numpy(float)
+    true = merged[["true_x", "true_y", "true_z"]].to_numpy(float)
+    err = np.linalg.norm(pred - true, axis=1)
+    out = {"n_points": float(len(err)), "median_mm": float(np.median(err)), "p90_mm": float(np.percentile(err, 90)),
+           "within_5mm": float((err <= 5).mean()), "within_10mm": float((err <= 10).mean())}
+    # level identification: distance to the own level vs the neighbouring levels' true points
+    lookup = {(int(r.study_id), r.condition, r.level): np.array([r.true_x, r.true_y, r.true_z])
+              for r in truth.itertuples(index=False)}
+    correct = np.full(len(merged), np.nan)
+    for i, r in enumerate(merged.itertuples(index=False)):
+        li = LEVEL_NAMES.index(r.level)
+        neighbours = [lookup.get((int(r.study_id), r.condition, LEVEL_NAMES[j])) for j in (li - 1, li + 1)
+                      if 0 <= j < len(LEVEL_NAMES)]
+        neighbours = [n for n in neighbours if n is not None]
+        if neighbours:
+            correct[i] = float(err[i] < min(np.linalg.norm(pred[i] - n) for n in neighbours))
+    judged = correct[np.isfinite(correct)]
+    out["level_acc"] = float(judged.mean()) if judged.size else float("nan")
+    for level_name, level in zip(LEVEL_NAMES, LEVELS):
+        sel = (merged.level == level_name).to_numpy()
+        if sel.any():
+            out[f"median_mm/{level}"] = float(np.median(err[sel]))
+            out[f"p90_mm/{level}"] = float(np.percentile(err[sel], 90))
+    group = merged.condition.map({n: CONDITION_GROUP[c] for c, n in zip(CONDITIONS, CONDITION_NAMES)})
+    for name in ("spinal", "foraminal", "subarticular"):
+        sel = (group == name).to_numpy()
+        if sel.any():
+            out[f"median_mm/{name}"] = float(np.median(err[sel]))
+            out[f"level_acc/{name}"] = float(np.nanmean(correct[sel])) if np.isfinite(correct[sel]).any() \
+                else float("nan")
+    return out

@@ -1,0 +1,85 @@
+"""One ``spine-train`` launch: open the cache, build the stage, train the fold(s), aggregate the run folder.
+
+Run folder (``run_dir``)::
+
+    config.yaml        resolved config of the latest launch
+    fold<k>/           one self-contained fold (see spine.train.engine.fit)
+    oof.csv            out-of-fold predictions of every finished fold (every training study once)
+    test.csv           test predictions, merged over the finished folds (stage.merge_test)
+    metrics.json       metrics of oof.csv and of each fold
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from spine.config import ConfigError, to_yaml
+from spine.train import checkpoint as ckpt
+from spine.train.engine import METRICS_JSON, OOF_CSV, TEST_CSV, fit
+from spine.train.runtime import setup_runtime, teardown
+
+
+def check_model(cfg, stage) -> None:
+    """Fail before any training on an unknown model or constructor argument."""
+    from spine.models import model_arguments
+
+    try:
+        accepted = set(model_arguments(cfg.model.name))
+    except ValueError as err:
+        raise ConfigError(f"model.name: {err}") from None
+    from_stage = set(stage.model_kwargs())
+    unknown = sorted(set(cfg.model.args) - accepted)
+    if unknown:
+        raise ConfigError(f"model.args: {cfg.model.name} has no argument(s) {', '.join(unknown)}; "
+                          f"it accepts {', '.join(sorted(accepted - from_stage))}")
+    clash = sorted(set(cfg.model.args) & from_stage)
+    if clash:
+        raise ConfigError(f"model.args: {', '.join(clash)} are set by the stage from the data; remove them")
+
+
+def run(cfg) -> dict:
+    """Train ``cfg.fold`` (or every fold) and aggregate; returns the run's metrics (main process)."""
+    from spine.preprocess.cache import Cache
+    from spine.train.stage import build_stage
+
+    rt = setup_runtime(cfg.device, cfg.amp, cfg.channels_last)
+    try:
+        cache = Cache.open(cfg.cache_dir)
+        stage = build_stage(cfg, cache)
+        check_model(cfg, stage)
+        folds = stage.folds() if cfg.fold == "all" else [int(cfg.fold)]
+        if not set(folds) <= set(stage.folds()):
+            raise ConfigError(f"fold {cfg.fold} has no studies in {cache.root / 'folds.csv'}; folds: "
+                              f"{', '.join(map(str, stage.folds()))} or all")
+        run_dir = Path(cfg.run_dir)
+        if rt.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        for fold in folds:
+            fit(cfg, stage, fold, run_dir / f"fold{fold}", rt)
+        summary = aggregate(stage, run_dir) if rt.is_main else {}
+        rt.barrier()
+        return summary
+    finally:
+        teardown(rt)
+
+
+def aggregate(stage, run_dir: Path) -> dict:
+    """Collect the finished folds of ``run_dir`` into oof.csv, test.csv and metrics.json."""
+    run_dir = Path(run_dir)
+    folds = sorted((d for d in run_dir.glob("fold*") if (d / METRICS_JSON).is_file() and (d / ckpt.FINAL).is_file()),
+                   key=lambda d: int(d.name[4:]) if d.name[4:].isdigit() else -1)
+    if not folds:
+        return {}
+    oof = pd.concat([pd.read_csv(d / OOF_CSV) for d in folds if (d / OOF_CSV).is_file()], ignore_index=True)
+    oof.to_csv(run_dir / OOF_CSV, index=False)
+    tests = [pd.read_csv(d / TEST_CSV) for d in folds if (d / TEST_CSV).is_file()]
+    if tests:
+        stage.merge_test(tests).to_csv(run_dir / TEST_CSV, index=False)
+    summary = {"folds": {d.name: json.loads((d / METRICS_JSON).read_text()) for d in folds},
+               "oof": stage.evaluate(oof) if not oof.empty else {}}
+    ckpt.save_json(summary, run_dir / METRICS_JSON)
+    return summary
