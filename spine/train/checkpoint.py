@@ -82,7 +82,7 @@ def save_checkpoint(folder: Path, epoch: int, model, ema, optimizer, scheduler, 
 
 def load_checkpoint(folder: Path, model, ema, optimizer, scheduler, scaler) -> tuple[int, dict]:
     """Restore a checkpoint; returns (last completed epoch, RNG state to restore)."""
-    state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
+    state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)  # no pickled code
     epoch = int(state["epoch"])
     for name in [LAST] + ([LAST_EMA] if ema is not None else []):
         if weights_epoch(folder / name) != epoch:
