@@ -19,26 +19,11 @@ SERIES = ["Sagittal T2/STIR", "Sagittal T1"]
 GRID, SPACING = (16, 40, 40), (6.0, 7.0, 7.0)
 
 
-def tiny_cache(tmp_path_factory, dataset: Path) -> Path:
-    """The tiny dataset preprocessed once per test session (2 folds, so every fold has studies)."""
-    root = tmp_path_factory.getbasetemp() / "tiny_cache"
-    if not (root / "done").is_file():
-        from spine.config import compose
-        from spine.preprocess.config import PreprocessConfig
-        from spine.preprocess.run import run
-
-        cfg = compose("preprocess", [f"data_dir={dataset}", f"cache_dir={root}", "split=all", "workers=1",
-                                     "progress=false", "n_folds=2"], PreprocessConfig)
-        assert run(cfg).exit_code == 0
-        (root / "done").write_text("")
-    return root
-
-
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory, tiny_dataset):
+def cache(tiny_cache_dir):
     from spine.preprocess.cache import Cache
 
-    return Cache.open(tiny_cache(tmp_path_factory, tiny_dataset))
+    return Cache.open(tiny_cache_dir)
 
 
 def _dataset(cache, **kwargs) -> LandmarkDataset:

@@ -20,24 +20,9 @@ TINY = ["model=landmark_25d_tiny", "stage.grid.size=[8,32,32]", "stage.grid.spac
         "stage.plot_studies=1", "batch_size=2", "num_workers=0", "progress=false", "tensorboard=false", "epochs=2"]
 
 
-def tiny_cache(tmp_path_factory, dataset: Path) -> Path:
-    """The tiny dataset preprocessed once per test session (2 folds, so every fold has studies)."""
-    root = tmp_path_factory.getbasetemp() / "tiny_cache"
-    if not (root / "done").is_file():
-        from spine.config import compose
-        from spine.preprocess.config import PreprocessConfig
-        from spine.preprocess.run import run
-
-        cfg = compose("preprocess", [f"data_dir={dataset}", f"cache_dir={root}", "split=all", "workers=1",
-                                     "progress=false", "n_folds=2"], PreprocessConfig)
-        assert run(cfg).exit_code == 0
-        (root / "done").write_text("")
-    return root
-
-
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory, tiny_dataset) -> Path:
-    return tiny_cache(tmp_path_factory, tiny_dataset)
+def cache_dir(tiny_cache_dir) -> Path:
+    return tiny_cache_dir
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -97,11 +97,11 @@ def _panels(folder: Path, series: pd.DataFrame, coords: pd.DataFrame):
 
 
 def _middle_instance(folder: Path) -> int:
-    """InstanceNumber of the spatially middle slice (sorted by IPP along the slice normal)."""
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*.dcm")]
-    normal = np.cross(*np.reshape(np.array(headers[0].ImageOrientationPatient, dtype=float), (2, 3)))
-    order = sorted(headers, key=lambda h: float(np.dot(np.array(h.ImagePositionPatient, dtype=float), normal)))
-    return int(order[len(order) // 2].InstanceNumber)
+    """InstanceNumber of the spatially middle slice of the largest stack (order from IPP, via the reader)."""
+    from spine.io.dicom import read_series
+
+    stack = read_series(folder).stacks[0]
+    return int(stack.instance_numbers[stack.n_slices // 2])
 
 
 def main(argv: list[str] | None = None) -> int:
