@@ -55,26 +55,41 @@ def main() -> int:
     run("4. preprocess: DICOM -> patient volumes (LPS), coordinates in pixel/world/voxel frames, folds",
         [py, "-m", "spine.preprocess", f"data_dir={data}", f"cache_dir={cache}", "split=all"])
 
-    # A short schedule: the tiny preset only checks that the stage runs (benchmarks/landmarks.py trains
-    # every fold to the targets).
-    schedule = ["experiment=smoke"] if args.preset == "tiny" else ["epochs=20"]
+    # Short schedules on one fold: the tiny preset only checks that the stages run; benchmarks/landmarks.py
+    # and benchmarks/quality.py train every fold to the targets.
+    tiny = args.preset == "tiny"
     fold = min(int(line.split(",")[1]) for line in next(cache.glob("*/folds.csv")).read_text().splitlines()[1:])
+    landmarks, grading = out / "runs" / "landmarks", out / "runs" / "grading"
     run(f"5. landmark stage: where are the five disc levels (fold {fold}, short schedule)",
-        [str(BIN / "spine-train"), "stage=landmarks", f"fold={fold}", f"cache_dir={cache}",
-         f"run_dir={out / 'runs' / 'landmarks'}", *schedule])
+        [str(BIN / "spine-train"), "stage=landmarks", f"fold={fold}", f"cache_dir={cache}", f"run_dir={landmarks}",
+         "overwrite=true", *(["experiment=smoke"] if tiny else ["epochs=20", "val_every=10"])])
+    run(f"6. grading stage: 3 severities x 5 conditions per level, crops at the predicted levels (fold {fold})",
+        [str(BIN / "spine-train"), "stage=grading", f"fold={fold}", f"cache_dir={cache}", f"run_dir={grading}",
+         f"landmarks={landmarks}", "overwrite=true",
+         *(["experiment=grading_smoke"] if tiny else ["experiment=grading_cpu", "epochs=30"])])
+    submission = out / "submission.csv"
+    run("7. spine-predict: DICOM of the test studies -> submission.csv (no cache: volumes built in memory)",
+        [str(BIN / "spine-predict"), f"data_dir={data}", f"runs=[{landmarks},{grading}]", f"out={submission}"])
 
     labels = data / "test_labels.csv"
-    rows = [score("class prior", out / "prior_submission.csv", labels),
-            score("uniform 1/3", data / "sample_submission.csv", labels),
+    rows = [score("uniform 1/3", data / "sample_submission.csv", labels),
+            score("class prior", out / "prior_submission.csv", labels),
+            score("spine (this demo)", submission, labels),
             score("oracle (best possible)", data / "oracle_submission.csv", labels)]
     print("\n=== scores on the synthetic test studies (competition metric, lower is better)")
     print(f"{'submission':<24}{'score':>8}{'spinal':>9}{'foram.':>9}{'subart.':>9}{'any_sev':>9}")
     for r in rows:
         print(f"{r['name']:<24}{r['score']:>8.4f}{r['spinal']:>9.4f}{r['foraminal']:>9.4f}"
               f"{r['subarticular']:>9.4f}{r['any_severe_spinal']:>9.4f}")
-    (out / "scores.json").write_text(json.dumps(rows, indent=2))
+    prior, model, oracle = (rows[i]["score"] for i in (1, 2, 3))
+    print(f"share of the prior-to-oracle gap closed on the test studies: {(prior - model) / (prior - oracle):.1%}")
+    cv = json.loads((grading / "metrics.json").read_text())["oof"]
+    print(f"cross-validation (fold {fold}, crops at the landmark stage's predictions): score {cv['score']:.4f}"
+          + (f", after calibration {cv['calibrated/score']:.4f}" if "calibrated/score" in cv else ""))
+    (out / "scores.json").write_text(json.dumps({"test": rows, "cv": cv}, indent=2))
     print(f"\n[demo] outputs in {out}: data/ (RSNA layout), preview.png, cache/ (volumes, series.csv, "
           "coordinates.csv, folds.csv), runs/landmarks/ (config, weights, metrics, OOF points, PNG), "
+          "runs/grading/ (weights, calibration, OOF, confusion/reliability PNGs), submission.csv (+ .log.csv), "
           "prior_submission.csv, scores.json")
     return 0
 

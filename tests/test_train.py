@@ -196,7 +196,7 @@ def test_console_script_is_installed_and_validates_its_config():
     script = Path(sys.executable).with_name("spine-train")
     assert script.is_file(), "pip install -e . registers spine-train"
     done = subprocess.run([str(script), "stage=nope"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "Available options in 'stage': landmarks" in done.stderr
+    assert done.returncode == 2 and "Available options in 'stage': grading landmarks" in done.stderr
 
 
 @pytest.mark.slow

@@ -187,14 +187,25 @@ def sample_channels(volumes: Sequence, grid: SamplingGrid) -> np.ndarray:
                      for v in volumes])
 
 
+def robust_range(array: np.ndarray, percentiles: Sequence[float] = (1, 99)) -> tuple[float, float] | None:
+    """(low, high): the percentiles of the positive voxels (a subsample of at most ~200k), or None if the
+    volume has fewer than 16 positive voxels."""
+    step = max(1, int(np.prod(array.shape)) // 1_000_000)  # strided view first: a memory map is not read twice
+    values = np.asarray(array).reshape(-1)[::step]
+    values = values[values > 0]
+    if values.size < 16:
+        return None
+    low, high = np.percentile(values[:: max(1, values.size // 200_000)], percentiles)
+    return float(low), float(high)
+
+
 def normalise(array: np.ndarray, percentiles: Sequence[float] = (1, 99)) -> np.ndarray:
     """Robust per-volume scaling: percentiles of the positive voxels -> 0 and 1; clipped below at 0."""
-    values = array[array > 0]
-    if values.size < 16:
+    bounds = robust_range(array, percentiles)
+    if bounds is None:
         return np.zeros_like(array, dtype=np.float32)
-    low, high = np.percentile(values[:: max(1, values.size // 200_000)], percentiles)
-    scale = max(float(high - low), 1e-6)
-    return np.clip((array - low) / scale, 0.0, None).astype(np.float32)
+    low, high = bounds
+    return np.clip((array - low) / max(high - low, 1e-6), 0.0, None).astype(np.float32)
 
 
 def studies_with_series(cache, study_ids: Sequence[int], series: Sequence[str]) -> tuple[list[int], list[int]]:

@@ -74,9 +74,69 @@ class LandmarkStageConfig:
                                  "stage.conditions (a flip swaps them)")
 
 
+@dataclass
+class CropConfig:
+    """The per-level crop grid (axes i: patient left, j: posterior, k: head)."""
+
+    size: list[int] = field(default_factory=lambda: [64, 64, 64])  # voxels along i, j, k
+    mm: list[float] = field(default_factory=lambda: [80.0, 64.0, 48.0])  # physical extent along i, j, k
+    align: bool = True  # k follows the local spine axis through the neighbouring levels
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 3 or len(self.mm) != 3 or min(self.size) < 1 or min(self.mm) <= 0:
+            raise ValueError(f"crop: size and mm need 3 positive values, got {self.size}, {self.mm}")
+
+
+@dataclass
+class GradingAugmentConfig:
+    """Training crops: landmark-like centre errors, geometry, torchio intensity transforms."""
+
+    enabled: bool = True
+    jitter_mm: float = 2.5  # std of the centre error per world axis (the landmark stage's median is ~3 mm)
+    level_shift: float = 0.02  # probability per level of cropping a neighbouring level instead
+    rotate_deg: list[float] = field(default_factory=lambda: [10.0, 10.0, 10.0])
+    scale: float = 0.1
+    flip_lr: float = 0.5  # mirror across the sagittal midline; left/right labels are swapped
+    bias_field: float = 0.0
+    gamma: float = 0.3
+    noise_std: float = 0.03
+
+
+@dataclass
+class GradingStageConfig:
+    name: str = "grading"
+    series: list[str] = field(default_factory=lambda: list(SERIES_TYPES))  # crop channels, in order
+    crop: CropConfig = field(default_factory=CropConfig)
+    augment: GradingAugmentConfig = field(default_factory=GradingAugmentConfig)
+    percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])  # robust per-series normalisation
+    labels: str = ""  # train.csv; empty: the one in the data_dir recorded in the cache's cache.json
+    loss: str = "ce"  # ce | focal | bce (see spine.losses.grading_loss)
+    class_weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # the metric's weights
+    any_severe_weight: float = 1.0  # weight of the any-severe-spinal term (the metric: 1 of 4 parts)
+    focal_gamma: float = 2.0
+    # Oversampling: a study is drawn with the weight of its worst labelled grade (Normal/Mild, Moderate,
+    # Severe). [1, 1, 1] = uniform. The class weights of the loss already match the metric, so oversampling
+    # on top of them shifts the predicted priors; calibration (below) corrects a part of that.
+    sampler_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    calibrate: bool = True  # fit temperatures + any-severe scale on the run's OOF (calibration.json)
+    tta_flip: bool = False  # validation/test: average with the mirrored crop (left/right swapped back)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.series if s not in SERIES_TYPES]
+        if bad or not self.series:
+            raise ValueError(f"stage.series: {bad or self.series} not in {list(SERIES_TYPES)}")
+        if self.loss not in ("ce", "focal", "bce"):
+            raise ValueError(f"stage.loss must be ce, focal or bce, got {self.loss!r}")
+        for name in ("class_weights", "sampler_weights"):
+            values = getattr(self, name)
+            if len(values) != 3 or min(values) < 0 or max(values) <= 0:
+                raise ValueError(f"stage.{name} needs 3 non-negative values (Normal/Mild, Moderate, Severe)")
+
+
 # name -> (schema, "module:Class" of the stage plug-in). Import paths keep torch out of config loading.
 STAGES: dict[str, tuple[type, str]] = {
     "landmarks": (LandmarkStageConfig, "spine.train.landmarks:LandmarkStage"),
+    "grading": (GradingStageConfig, "spine.train.grading:GradingStage"),
 }
 
 
@@ -106,6 +166,9 @@ class TrainConfig:
     experiment: str = ""  # name of the experiment preset, recorded with the run
     cache_dir: str = "cache"
     run_dir: str = "runs/landmarks"
+    # grading: the landmark run whose oof.csv / test.csv centre the validation / test crops (the real
+    # two-stage pipeline). Empty: label points (an optimistic CV, with a warning) and no test predictions.
+    landmarks: str = ""
     fold: str = "0"  # a fold number of folds.csv, or "all" (each fold in turn)
     epochs: int = 30
     batch_size: int = 8  # per process
@@ -158,4 +221,31 @@ def load_config(overrides: list[str]) -> TrainConfig:
         raise ConfigError(f"{msg} (full_key: stage.{key})" if key else f"stage: {msg}") from err
     except ValueError as err:
         raise ConfigError(_first_line(err)) from err
+    return cfg
+
+
+def load_run_config(run_dir) -> TrainConfig:
+    """The validated config of a finished run: ``<run_dir>/config.yaml`` as written by ``spine-train``.
+
+    Raises FileNotFoundError when the folder has no config.yaml, ConfigError when it does not validate.
+    """
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from spine.config import ConfigError, _first_line
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    stage = raw.pop("stage", {}) or {}
+    name = stage.get("name")
+    if name not in STAGES:
+        raise ConfigError(f"{path}: stage.name {name!r} is not a stage; stages: {', '.join(STAGES)}")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), raw))
+        cfg.stage = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(STAGES[name][0]), stage))
+    except Exception as err:  # noqa: BLE001 - any schema failure is a bad run folder
+        raise ConfigError(f"{path}: {_first_line(err)}") from err
     return cfg

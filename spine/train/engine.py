@@ -89,6 +89,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def forward(model, inputs):
+    """``model(inputs)``, or ``model(*inputs)`` when the stage gives a tuple (image, level, flags, ...)."""
+    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, stage, rt: Runtime, *, ema: EMA | None = None,
                     grad_clip: float = 0.0, max_steps: int = 0, progress: bool = True, desc: str = "") -> dict:
     """One pass over ``loader``; returns mean loss and parts, throughput, and data vs step time per batch."""
@@ -106,7 +111,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, stage, rt: Runt
         batch = rt.to_device(next(batches))
         t1 = time.perf_counter()
         with rt.autocast():
-            outputs = model(stage.inputs(batch))
+            outputs = forward(model, stage.inputs(batch))
         loss, parts = stage.loss(outputs, batch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -118,7 +123,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, stage, rt: Runt
         scheduler.step()
         if ema is not None:
             ema.update(model)
-        size = len(stage.inputs(batch))
+        size = stage.batch_size(batch)
         for key, value in {"loss": loss.detach(), **parts}.items():
             sums[key] = sums.get(key, 0.0) + float(value) * size  # float() waits for the step to finish
         n_samples += size
@@ -150,10 +155,10 @@ def validate(model, loader, stage, rt: Runtime, with_loss: bool = True) -> tuple
     for batch in loader:
         batch = rt.to_device(batch)
         with rt.autocast():
-            outputs = model(stage.inputs(batch))
+            outputs = forward(model, stage.inputs(batch))
         if with_loss:
             loss, parts = stage.loss(outputs, batch)
-            size = len(stage.inputs(batch))
+            size = stage.batch_size(batch)
             for key, value in {"loss": loss, **parts}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * size
             n += size
@@ -229,8 +234,9 @@ def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:
         train_model = torch.compile(train_model)  # after DDP wrapping, as PyTorch recommends
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
-    sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=rt.world_size, rank=rt.rank, shuffle=True,
-                                              seed=cfg.seed))
+    sampler = EpochSampler(stage.train_sampler(train_ds, rt.rank, rt.world_size)
+                           or DistributedSampler(train_ds, num_replicas=rt.world_size, rank=rt.rank, shuffle=True,
+                                                 seed=cfg.seed))
     train_loader = _loader(train_ds, cfg.batch_size, sampler, cfg.num_workers, rt)
     val_loader = _loader(val_ds, cfg.batch_size, _Shard(len(val_ds), rt.rank, rt.world_size), cfg.num_workers, rt)
     steps = len(train_loader) if cfg.max_steps_per_epoch <= 0 else min(len(train_loader), cfg.max_steps_per_epoch)

@@ -3,10 +3,12 @@
 Run folder (``run_dir``)::
 
     config.yaml        resolved config of the latest launch
+    cache.json         how the cache's volumes were made (inference rebuilds them the same way)
     fold<k>/           one self-contained fold (see spine.train.engine.fit)
     oof.csv            out-of-fold predictions of every finished fold (every training study once)
     test.csv           test predictions, merged over the finished folds (stage.merge_test)
     metrics.json       metrics of oof.csv and of each fold
+    + what the stage's ``finalize`` adds (grading: calibration.json, priors.json, submission.csv, PNGs)
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from spine.config import ConfigError, to_yaml
 from spine.train import checkpoint as ckpt
 from spine.train.engine import METRICS_JSON, OOF_CSV, TEST_CSV, fit
 from spine.train.runtime import setup_runtime, teardown
+
+CACHE_JSON = "cache.json"
 
 
 def check_model(cfg, stage) -> None:
@@ -58,6 +62,8 @@ def run(cfg) -> dict:
         if rt.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(to_yaml(cfg))
+            # how the training volumes were made: inference rebuilds them the same way without the cache
+            ckpt.save_json(cache.info, run_dir / CACHE_JSON)
         for fold in folds:
             fit(cfg, stage, fold, run_dir / f"fold{fold}", rt)
         summary = aggregate(stage, run_dir) if rt.is_main else {}
@@ -77,9 +83,11 @@ def aggregate(stage, run_dir: Path) -> dict:
     oof = pd.concat([pd.read_csv(d / OOF_CSV) for d in folds if (d / OOF_CSV).is_file()], ignore_index=True)
     oof.to_csv(run_dir / OOF_CSV, index=False)
     tests = [pd.read_csv(d / TEST_CSV) for d in folds if (d / TEST_CSV).is_file()]
-    if tests:
-        stage.merge_test(tests).to_csv(run_dir / TEST_CSV, index=False)
+    test = stage.merge_test(tests) if tests else None
+    if test is not None:
+        test.to_csv(run_dir / TEST_CSV, index=False)
     summary = {"folds": {d.name: json.loads((d / METRICS_JSON).read_text()) for d in folds},
                "oof": stage.evaluate(oof) if not oof.empty else {}}
+    summary["oof"].update(stage.finalize(run_dir, oof, test))
     ckpt.save_json(summary, run_dir / METRICS_JSON)
     return summary

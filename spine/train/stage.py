@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 
 class Stage:
@@ -39,8 +39,17 @@ class Stage:
         """Constructor arguments the data decides (input channels, outputs, input size)."""
         return {}
 
-    def inputs(self, batch: dict) -> torch.Tensor:
+    def train_sampler(self, dataset: Dataset, rank: int, world_size: int) -> Sampler | None:
+        """A sampler of training indices for this process (with ``set_epoch``), or None for a shuffled pass."""
+        return None
+
+    def inputs(self, batch: dict) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """What the model is called with: a tensor, or a tuple of positional arguments."""
         return batch["image"]
+
+    def batch_size(self, batch: dict) -> int:
+        """Number of samples in a batch (the weight of its loss in epoch means)."""
+        return len(batch["study_id"])
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scalar loss to minimise, detached named parts to log)."""
@@ -61,6 +70,10 @@ class Stage:
     def merge_test(self, frames: list[pd.DataFrame]) -> pd.DataFrame:
         """Ensemble the test predictions of several folds (default: concatenate)."""
         return pd.concat(frames, ignore_index=True)
+
+    def finalize(self, run_dir: Path, oof: pd.DataFrame, test: pd.DataFrame | None) -> dict[str, float]:
+        """After the folds are aggregated: run-level artefacts (calibration, plots); extra metrics to report."""
+        return {}
 
 
 def build_stage(cfg, cache) -> Stage:

@@ -1,0 +1,163 @@
+"""Per-level crops: where a disc level's crop lies in world space, and sampling every series onto it.
+
+A crop is a :class:`~spine.data.grid.SamplingGrid` of ``size`` voxels (default 64^3) spanning ``crop_mm``
+(default 80 x 64 x 48 mm) centred on a level's centre (LPS mm). Its axes are i (patient left), j (posterior)
+and k (towards the head); with ``align`` the k axis follows the local spine axis, the line through the
+neighbouring levels' centres, and i stays as close to world +x as the tilt allows. Every series of the
+study (sagittal T1, sagittal T2/STIR, axial T2) is resampled onto the same grid, so the three sequences are
+co-registered voxel for voxel: one channel per series type, zeros plus a ``present = False`` flag where a
+study lacks the series.
+
+Level centre (:func:`level_centres`): the spinal canal point of the level (midline, at the disc), else the
+midpoint of a left/right pair of points, else the mean of whatever points the level has. Levels without
+any point are interpolated along the level index from the others (:func:`fill_centres`).
+
+Sampling reads only the block of the volume the crop touches (the cache's volumes are memory-mapped), and
+normalises it with the whole volume's robust intensity range (``robust_range``), the same for every crop
+of that series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from spine.constants import CONDITIONS
+from spine.data.grid import SamplingGrid, image_from_array
+from spine.data.landmarks import robust_range
+
+DEFAULT_SIZE = (64, 64, 64)
+DEFAULT_MM = (80.0, 64.0, 48.0)  # left-right wide enough for both foramina (17-31 mm off the midline)
+
+
+# --------------------------------------------------------------------------------------------- geometry
+def level_centres(points: np.ndarray) -> np.ndarray:
+    """Centre of each level from the label (or predicted) points.
+
+    Args:
+        points: ``(K, L, 3)`` LPS mm, conditions in ``CONDITIONS`` order x levels, NaN where missing.
+    Returns:
+        ``(L, 3)`` LPS mm, NaN for levels without any point.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    index = {c: k for k, c in enumerate(CONDITIONS)}
+    pairs = [(index[c], index["right_" + c[len("left_"):]]) for c in CONDITIONS if c.startswith("left_")]
+    spinal = index["spinal_canal_stenosis"]
+    out = np.full((points.shape[1], 3), np.nan)
+    for lv in range(points.shape[1]):
+        if np.isfinite(points[spinal, lv]).all():
+            out[lv] = points[spinal, lv]
+            continue
+        mids = [(points[a, lv] + points[b, lv]) / 2 for a, b in pairs
+                if np.isfinite(points[a, lv]).all() and np.isfinite(points[b, lv]).all()]
+        if mids:
+            out[lv] = np.mean(mids, axis=0)
+        elif np.isfinite(points[:, lv]).all(-1).any():
+            out[lv] = np.nanmean(points[:, lv], axis=0)
+    return out
+
+
+def fill_centres(centres: np.ndarray) -> np.ndarray:
+    """``(L, 3)`` centres with NaN rows filled by linear inter/extrapolation along the level index.
+
+    One known level: the others are placed 36 mm apart along world z (a typical disc pitch), head-first.
+    Raises ValueError when no level is known.
+    """
+    centres = np.asarray(centres, dtype=np.float64).copy()
+    known = np.flatnonzero(np.isfinite(centres).all(-1))
+    if known.size == 0:
+        raise ValueError("no level has a centre")
+    if known.size == len(centres):
+        return centres
+    levels = np.arange(len(centres), dtype=np.float64)
+    if known.size == 1:
+        step = np.array([0.0, 0.0, -36.0])  # the next level down is towards the feet (-z)
+        return centres[known[0]] + (levels - known[0])[:, None] * step
+    for axis in range(3):
+        slope, intercept = np.polyfit(known.astype(np.float64), centres[known, axis], 1)
+        missing = ~np.isfinite(centres[:, axis])
+        inside = (levels > known.min()) & (levels < known.max())
+        centres[missing & inside, axis] = np.interp(levels[missing & inside], known, centres[known, axis])
+        outside = missing & ~inside
+        centres[outside, axis] = intercept + slope * levels[outside]
+    return centres
+
+
+def level_axes(centres: np.ndarray, align: bool = True) -> np.ndarray:
+    """``(L, 3, 3)`` crop directions: columns are the world unit vectors of crop axes i, j, k.
+
+    k points towards the head along the local spine axis (the line through the neighbouring levels'
+    centres; one-sided at L1/L2 and L5/S1), i is world +x (patient left) made orthogonal to k, j = k x i
+    (posterior). Right-handed, so a crop is never mirrored. ``align=False`` gives identity axes.
+    """
+    centres = np.asarray(centres, dtype=np.float64)
+    n = len(centres)
+    out = np.repeat(np.eye(3)[None], n, axis=0)
+    if not align or n < 2 or not np.isfinite(centres).all():
+        return out
+    for lv in range(n):
+        up, down = max(lv - 1, 0), min(lv + 1, n - 1)  # levels run head (L1/L2) to feet (L5/S1)
+        k = centres[up] - centres[down]
+        if np.linalg.norm(k) < 1e-6:
+            continue
+        k /= np.linalg.norm(k)
+        if k[2] < 0.5:  # more than 60 degrees off the body axis: not a plausible spine, keep identity
+            continue
+        i = np.array([1.0, 0.0, 0.0]) - k[0] * k
+        i /= np.linalg.norm(i)
+        out[lv] = np.stack([i, np.cross(k, i), k], axis=1)
+    return out
+
+
+def crop_grid(centre, direction=None, size: Sequence[int] = DEFAULT_SIZE,
+              crop_mm: Sequence[float] = DEFAULT_MM) -> SamplingGrid:
+    """The crop of ``size`` voxels spanning ``crop_mm`` (mm along i, j, k) centred on ``centre`` (LPS mm)."""
+    size = tuple(int(v) for v in size)
+    spacing = np.asarray(crop_mm, dtype=np.float64) / np.asarray(size, dtype=np.float64)
+    return SamplingGrid.centred(centre, size, spacing, direction)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+@dataclass
+class CropVolume:
+    """One series' volume for cropping: raw intensities indexed [i, j, k], LPS-aligned (identity direction).
+
+    ``array`` may be a read-only memory map (the cache) or an in-memory array (inference); ``low, high``
+    is its robust intensity range (None: an empty volume, sampled as zeros).
+    """
+
+    array: np.ndarray
+    origin: np.ndarray  # LPS mm of voxel (0, 0, 0)
+    spacing: np.ndarray  # mm
+    bounds: tuple[float, float] | None
+
+    @classmethod
+    def from_array(cls, array, origin, spacing, percentiles: Sequence[float] = (1.0, 99.0)) -> CropVolume:
+        return cls(array, np.asarray(origin, dtype=np.float64), np.asarray(spacing, dtype=np.float64),
+                   robust_range(array, percentiles))
+
+    def sample(self, grid: SamplingGrid) -> np.ndarray:
+        """The normalised volume resampled (linear) onto ``grid``: float32 ``grid.size``, 0 outside."""
+        if self.bounds is None:
+            return np.zeros(grid.size, np.float32)
+        corners = np.array([[a, b, c] for a in (0, grid.size[0] - 1) for b in (0, grid.size[1] - 1)
+                            for c in (0, grid.size[2] - 1)], dtype=np.float64)
+        voxels = (grid.index_to_world(corners) - self.origin) / self.spacing
+        shape = np.asarray(self.array.shape)
+        lo = np.clip(np.floor(voxels.min(0)).astype(int) - 1, 0, shape)
+        hi = np.clip(np.ceil(voxels.max(0)).astype(int) + 2, 0, shape)
+        if (hi - lo <= 1).any():
+            return np.zeros(grid.size, np.float32)  # the crop misses this volume
+        block = np.asarray(self.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+        low, high = self.bounds
+        block = np.clip((block - low) / max(high - low, 1e-6), 0.0, None)
+        return grid.sample(image_from_array(block, self.origin + lo * self.spacing, self.spacing))
+
+
+def sample_crop(volumes: Sequence[CropVolume | None], grid: SamplingGrid) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, X, Y, Z)`` float32 crop, one channel per volume (zeros where None), and ``present`` (C,) bool."""
+    channels = [np.zeros(grid.size, np.float32) if v is None else v.sample(grid) for v in volumes]
+    present = np.array([v is not None for v in volumes], dtype=bool)
+    return np.stack(channels), present

@@ -1,0 +1,233 @@
+"""The grading dataset: for each study, one multi-series crop per disc level and the 5 x 5 grades.
+
+An item is a whole study (the metric's any-severe-spinal part needs all five levels of a study in one
+batch): ``image`` (L, C, X, Y, Z) = 5 levels x channels (series types) x the crop grid. Crop centres come
+from label points (training) or from the landmark stage's predictions (validation, test, inference), see
+:mod:`spine.data.crops`. Training crops move like the landmark model errs (:class:`RandomCropAugment`):
+Gaussian jitter of each centre, an occasional one-level shift, small rotations and zooms, and a mirror
+across the sagittal midline that swaps the left and right labels.
+
+Grades: ``target`` (L, K) int64, class index into ``SEVERITIES`` or -1 where unlabelled; conditions in
+``CONDITIONS`` order.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from spine.constants import CONDITIONS, LEVELS, SEVERITIES, label_column
+from spine.data.crops import CropVolume, crop_grid, fill_centres, level_axes, level_centres, sample_crop
+from spine.data.landmarks import truth_table
+from spine.data.transforms import GridAffine, IntensityAugment, RandomGridAffine, lr_swap_permutation
+
+# target[:, CONDITION_SWAP] relabels the conditions of a crop mirrored left <-> right
+CONDITION_SWAP = lr_swap_permutation([(c, "") for c in CONDITIONS])
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def label_table(labels: pd.DataFrame, study_ids: Sequence[int]) -> np.ndarray:
+    """``(n, L, K)`` int64 grades from train.csv-format labels: index into SEVERITIES, -1 if unlabelled
+    (also for studies missing from ``labels``)."""
+    out = np.full((len(study_ids), len(LEVELS), len(CONDITIONS)), -1, dtype=np.int64)
+    by_study = labels.set_index(labels.study_id.astype(np.int64))
+    code = {s: i for i, s in enumerate(SEVERITIES)}
+    for n, study in enumerate(study_ids):
+        if int(study) not in by_study.index:
+            continue
+        row = by_study.loc[int(study)]
+        for k, condition in enumerate(CONDITIONS):
+            for lv, level in enumerate(LEVELS):
+                out[n, lv, k] = code.get(row.get(label_column(condition, level)), -1)
+    return out
+
+
+def centre_table(points: pd.DataFrame, study_ids: Sequence[int]) -> np.ndarray:
+    """``(n, L, 3)`` level centres (LPS mm, NaN where a study has no point at a level).
+
+    ``points``: one row per study, condition, level with ``world_x, world_y, world_z`` (LPS mm) and the
+    competition's spelling of condition and level: coordinates.csv of the cache, or the landmark stage's
+    oof.csv / test.csv. Duplicate rows are averaged.
+    """
+    table = truth_table(points, [int(s) for s in study_ids], CONDITIONS)  # (n, K * L, 3), conditions-major
+    table = table.reshape(len(study_ids), len(CONDITIONS), len(LEVELS), 3)
+    return np.stack([level_centres(t) for t in table]) if len(table) else np.zeros((0, len(LEVELS), 3))
+
+
+def study_weights(labels: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Sampling weight of each study: ``weights[g]`` of its worst labelled grade g (``(n,)`` float64)."""
+    worst = labels.max(axis=(1, 2))
+    w = np.asarray(weights, dtype=np.float64)
+    return np.where(worst >= 0, w[np.clip(worst, 0, None)], w[0])
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+@dataclass(frozen=True)
+class CropAugment:
+    """Deterministic: move each level's centre, optionally to a neighbouring level's, then rotate, zoom
+    and mirror every crop about its centre (``affine``, translation unused)."""
+
+    offsets_mm: tuple[tuple[float, float, float], ...]  # (L,) world offsets added to the centres
+    level_shift: tuple[int, ...]  # (L,) -1, 0 or +1: crop the level above/below instead (labels stay)
+    affine: GridAffine
+
+    def centres(self, centres: np.ndarray) -> np.ndarray:
+        n = len(centres)
+        source = np.clip(np.arange(n) + np.asarray(self.level_shift, dtype=int), 0, n - 1)
+        return centres[source] + np.asarray(self.offsets_mm, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class RandomCropAugment:
+    """Samples a :class:`CropAugment` mimicking the landmark model's errors, plus geometric jitter.
+
+    ``jitter_mm``: standard deviation of the centre error per world axis (Gaussian); ``level_shift``:
+    probability per level of cropping a neighbouring level; rotation, zoom and mirror as in
+    :class:`~spine.data.transforms.RandomGridAffine` (one draw per study, shared by its levels).
+    """
+
+    jitter_mm: float = 2.5
+    level_shift: float = 0.02
+    rotate_deg: tuple[float, float, float] = (10.0, 10.0, 10.0)
+    scale: float = 0.1
+    flip_lr: float = 0.5
+
+    def sample(self, rng: np.random.Generator, n_levels: int = len(LEVELS)) -> CropAugment:
+        offsets = rng.normal(0.0, self.jitter_mm, (n_levels, 3))
+        shift = np.where(rng.random(n_levels) < self.level_shift, rng.choice([-1, 1], n_levels), 0)
+        affine = RandomGridAffine(self.rotate_deg, self.scale, (0.0, 0.0, 0.0), self.flip_lr).sample(rng)
+        return CropAugment(tuple(tuple(float(v) for v in o) for o in offsets), tuple(int(s) for s in shift), affine)
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+class GradingDataset(Dataset):
+    """Items: ``image`` (L, C, X, Y, Z) float32, ``present`` (C,) bool, ``target`` (L, K) int64,
+    ``centre`` (L, 3) LPS mm of the crops (after augmentation), ``flip`` (labels were mirrored left <-> right),
+    ``study_id``, ``index``.
+
+    Args:
+        cache: a :class:`spine.preprocess.cache.Cache` (volumes are read memory-mapped).
+        study_ids: the studies, in item order.
+        labels: ``(n, L, K)`` grades (:func:`label_table`); -1 everywhere for unlabelled (test) studies.
+        centres: ``(n, L, 3)`` level centres, LPS mm, NaN rows allowed (filled along the levels); a study
+            with no centre at all cannot be cropped and raises when accessed.
+        series: channel order (series descriptions).
+        size, crop_mm, align: the crop grid (:func:`spine.data.crops.crop_grid`, :func:`level_axes`).
+        augment, intensity: training randomness, or None (evaluation).
+        seed: with the epoch and the index, fixes each item's random draws.
+    """
+
+    def __init__(self, cache, study_ids: Sequence[int], labels: np.ndarray, centres: np.ndarray,
+                 series: Sequence[str], size: Sequence[int], crop_mm: Sequence[float], align: bool = True,
+                 percentiles: Sequence[float] = (1.0, 99.0), augment: RandomCropAugment | None = None,
+                 intensity: IntensityAugment | None = None, seed: int = 0, max_open: int = 256):
+        self.cache = cache
+        self.study_ids = [int(s) for s in study_ids]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.centres = np.asarray(centres, dtype=np.float64)
+        if len(self.labels) != len(self.study_ids) or len(self.centres) != len(self.study_ids):
+            raise ValueError("labels and centres need one row per study")
+        self.series = list(series)
+        self.size, self.crop_mm, self.align = tuple(int(v) for v in size), tuple(crop_mm), bool(align)
+        self.percentiles = tuple(float(p) for p in percentiles)
+        self.augment, self.intensity = augment, intensity
+        self.seed, self.epoch = int(seed), 0
+        ok = cache.series[cache.series.status == "ok"].sort_values("series_id")
+        self._series_ids = {key: int(group.series_id.iloc[0])
+                            for key, group in ok.groupby(["study_id", "description"])}
+        self._volumes: OrderedDict = OrderedDict()
+        self._max_open = int(max_open)
+
+    def __len__(self) -> int:
+        return len(self.study_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def item_seed(self, index: int, epoch: int | None = None) -> int:
+        epoch = self.epoch if epoch is None else epoch
+        return zlib.crc32(f"grading/{self.seed}/{epoch}/{index}".encode())
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``dataset[index]`` or ``dataset[(epoch, index)]`` (what the training sampler yields)."""
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        study = self.study_ids[index]
+        volumes = [self.volume(study, desc) for desc in self.series]
+        rng = np.random.default_rng(self.item_seed(index, epoch))
+        centres = fill_centres(self.centres[index])
+        axes = level_axes(centres, self.align)  # from the unaugmented centres: the anatomy's own axis
+        target, affine = self.labels[index].copy(), None
+        if self.augment is not None:
+            twin = self.augment.sample(rng, len(centres))
+            centres, affine = twin.centres(centres), twin.affine
+        crops = []
+        for lv in range(len(centres)):
+            grid = crop_grid(centres[lv], axes[lv], self.size, self.crop_mm)
+            if affine is not None:
+                grid = affine(grid)
+            image, present = sample_crop(volumes, grid)
+            crops.append(torch.from_numpy(image))
+        image = torch.stack(crops)
+        if self.intensity is not None:
+            seeds = rng.integers(2**31, size=len(crops))
+            image = torch.stack([self.intensity(crop, int(s))[0].float() for crop, s in zip(image, seeds)])
+        flip = bool(affine is not None and affine.flip_lr)
+        if flip:
+            target = target[:, CONDITION_SWAP]  # the crop's "left" half now shows the patient's right
+        return {
+            "image": image.contiguous(),
+            "present": torch.from_numpy(present),
+            "target": torch.from_numpy(target),
+            "centre": torch.from_numpy(centres),
+            "flip": torch.tensor(flip),
+            "study_id": torch.tensor(study, dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+
+    def volume(self, study: int, description: str) -> CropVolume | None:
+        """The study's first ok series of that type, memory-mapped, with its intensity range (cached)."""
+        series = self._series_ids.get((study, description))
+        if series is None:
+            return None
+        key = (study, series)
+        if key not in self._volumes:
+            grid = self.cache.grid(study, series)
+            self._volumes[key] = CropVolume.from_array(self.cache.load_array(study, series), grid.origin,
+                                                       grid.spacing, self.percentiles)
+            while len(self._volumes) > self._max_open:
+                self._volumes.popitem(last=False)
+        self._volumes.move_to_end(key)
+        return self._volumes[key]
+
+
+class WeightedEpochSampler(Sampler):
+    """Draws ``num_samples`` indices with replacement, probability proportional to ``weights``; the draw
+    depends on (seed, epoch) only, and each of ``world_size`` processes takes every world_size-th index."""
+
+    def __init__(self, weights: Sequence[float], num_samples: int | None = None, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        if (self.weights < 0).any() or float(self.weights.sum()) <= 0:
+            raise ValueError("sampling weights must be non-negative with a positive sum")
+        total = len(self.weights) if num_samples is None else int(num_samples)
+        self.per_rank = -(-total // world_size)
+        self.seed, self.rank, self.world_size, self.epoch = int(seed), int(rank), int(world_size), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        draws = torch.multinomial(self.weights, self.per_rank * self.world_size, replacement=True,
+                                  generator=generator)
+        return iter(draws[self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank

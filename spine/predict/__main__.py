@@ -1,0 +1,33 @@
+"""``spine-predict data_dir=DIR runs=[LANDMARK_RUN,GRADING_RUN,...] out=submission.csv [key=value ...]``.
+
+Also ``python -m spine.predict ...``. Keys: spine/predict/config.py; docs/inference.md. Exit codes: 0 written
+(also when studies fell back to the priors: see the log), 1 nothing can be predicted (no runs, a run without
+finished folds, no <split>_series_descriptions.csv), 2 bad config.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from spine.config import ConfigError, compose
+from spine.predict.config import PredictConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = compose("predict", sys.argv[1:] if argv is None else list(argv), PredictConfig)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    from spine.predict.predictor import PredictError, predict  # torch and friends only once the config is valid
+
+    try:
+        predict(cfg)
+    except PredictError as err:
+        print(f"[predict] error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

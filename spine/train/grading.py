@@ -1,0 +1,210 @@
+"""The grading stage: severity of the 5 conditions at the 5 disc levels, from per-level multi-series crops.
+
+Data: :class:`spine.data.grading.GradingDataset`, one item per study = 5 crops (one per level) of every
+series type, co-registered. Training crops are centred on the label points (with landmark-like errors);
+validation and test crops on the landmark run's predictions (``landmarks=<run>``: its oof.csv and
+test.csv), so the CV score is the two-stage pipeline's.
+Model: any registered grading model called as ``model(image (N, C, X, Y, Z), level (N,), present (N, C))``
+returning ``(N, 5, 3)`` logits (conditions x grades); N = studies x 5 levels.
+Loss: :func:`spine.losses.grading_loss` (the metric's weighted log loss per condition group + the
+any-severe-spinal term; focal and BCE variants).
+Predictions: submission rows ``row_id, normal_mild, moderate, severe``; metrics: the competition metric.
+After the folds (``finalize``): calibration fitted on the OOF (``calibration.json``, score before / after,
+cross-fitted), class priors of the training labels (``priors.json``, the inference fallback), the calibrated
+test submission (``submission.csv``), confusion and reliability PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, row_id
+from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugment, WeightedEpochSampler, centre_table, label_table,
+                                study_weights)
+from spine.data.landmarks import studies_with_series
+from spine.data.transforms import IntensityAugment
+from spine.train.stage import Stage
+
+CALIBRATION_JSON, PRIORS_JSON, SUBMISSION_CSV = "calibration.json", "priors.json", "submission.csv"
+
+
+class GradingStage(Stage):
+    name = "grading"
+    monitor = "score"
+
+    def __init__(self, cfg, cache) -> None:
+        super().__init__(cfg, cache)
+        self.scfg = cfg.stage
+        self.landmark_run = Path(cfg.landmarks) if cfg.landmarks else None
+        if self.landmark_run is not None and not (self.landmark_run / "oof.csv").is_file():
+            raise FileNotFoundError(f"landmarks={cfg.landmarks}: no oof.csv there (train the landmark stage "
+                                    "with fold=all first, or leave landmarks empty to crop at the label points)")
+
+    # ---- tables
+    @cached_property
+    def labels(self) -> pd.DataFrame:
+        """train.csv of the cache's data (or ``stage.labels``)."""
+        path = Path(self.scfg.labels) if self.scfg.labels else Path(self.cache.info.get("data_dir", "")) / "train.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"grading labels {path} not found: set stage.labels=<train.csv>")
+        return pd.read_csv(path)
+
+    def _predicted_points(self, name: str) -> pd.DataFrame | None:
+        path = self.landmark_run / name if self.landmark_run is not None else None
+        return pd.read_csv(path) if path is not None and path.is_file() else None
+
+    def _centres(self, study_ids: list[int], predicted: pd.DataFrame | None, what: str,
+                 fallback_to_labels: bool) -> np.ndarray:
+        """(n, L, 3) level centres: predicted points where available, else (optionally) the label points."""
+        labelled = centre_table(self.cache.coordinates, study_ids)
+        if predicted is None:
+            if fallback_to_labels and study_ids:
+                print(f"[train] {what}: crops at the label points (no landmark run given): an optimistic score",
+                      file=sys.stderr)
+            return labelled if fallback_to_labels else np.full_like(labelled, np.nan)
+        centres = centre_table(predicted, study_ids)
+        missing = ~np.isfinite(centres).any(axis=(1, 2))
+        if missing.any() and fallback_to_labels:
+            print(f"[train] {what}: {int(missing.sum())} studies have no landmark prediction in "
+                  f"{self.landmark_run}: cropped at their label points", file=sys.stderr)
+            centres[missing] = labelled[missing]
+        return centres
+
+    # ---- data
+    def datasets(self, fold: int):
+        folds, s = self.cache.folds, self.scfg
+        if fold not in set(int(f) for f in folds.fold):
+            raise ValueError(f"fold {fold} has no studies in {self.cache.root / 'folds.csv'}")
+        splits = {"train": folds[folds.fold != fold].study_id, "validation": folds[folds.fold == fold].study_id,
+                  "test": self.test_studies()}
+        oof, test = self._predicted_points("oof.csv"), self._predicted_points("test.csv")
+        sources = {"train": (None, True), "validation": (oof, True), "test": (test, False)}
+        common = dict(cache=self.cache, series=s.series, size=s.crop.size, crop_mm=s.crop.mm, align=s.crop.align,
+                      percentiles=s.percentiles, seed=self.cfg.seed)
+        a = s.augment
+        out = {}
+        for what, ids in splits.items():
+            ids, skipped = studies_with_series(self.cache, ids, s.series)
+            if what == "test" and self.landmark_run is None:
+                ids, skipped = [], []  # nowhere to crop without predicted points
+            predicted, fallback = sources[what]
+            centres = self._centres(ids, predicted, what, fallback) if what != "train" else \
+                centre_table(self.cache.coordinates, ids)
+            usable = np.isfinite(centres).all(-1).any(-1)
+            if not usable.all() or skipped:
+                print(f"[train] {what}: {int((~usable).sum()) + len(skipped)} studies without series or points "
+                      "left out", file=sys.stderr)
+            ids = [i for i, ok in zip(ids, usable) if ok]
+            augment = intensity = None
+            if what == "train" and a.enabled:
+                augment = RandomCropAugment(a.jitter_mm, a.level_shift, tuple(a.rotate_deg), a.scale, a.flip_lr)
+                intensity = IntensityAugment(a.bias_field, a.gamma, a.noise_std)
+            out[what] = GradingDataset(study_ids=ids, labels=label_table(self.labels, ids), centres=centres[usable],
+                                       augment=augment, intensity=intensity, **common)
+        return out["train"], out["validation"], (out["test"] if len(out["test"]) else None)
+
+    def test_studies(self) -> list[int]:
+        """Studies of the cache that are not in folds.csv (the test split)."""
+        series, train = self.cache.series, set(int(s) for s in self.cache.folds.study_id)
+        if "split" in series.columns:
+            series = series[series.split == "test"]
+        return sorted(set(int(s) for s in series.study_id) - train)
+
+    def train_sampler(self, dataset, rank: int, world_size: int):
+        weights = self.scfg.sampler_weights
+        if len(set(weights)) == 1:
+            return None  # uniform: the engine's shuffled pass
+        return WeightedEpochSampler(study_weights(dataset.labels, weights), len(dataset), self.cfg.seed, rank,
+                                    world_size)
+
+    # ---- model
+    def model_kwargs(self) -> dict:
+        return {"in_chans": len(self.scfg.series), "num_levels": len(LEVELS), "num_conditions": len(CONDITIONS),
+                "num_classes": len(PROB_COLUMNS), "crop_size": list(self.scfg.crop.size)}
+
+    def inputs(self, batch: dict):
+        """(crops (B*L, C, X, Y, Z), level (B*L,), present (B*L, C)): every level of every study."""
+        image = batch["image"]
+        b, n_levels = image.shape[:2]
+        level = torch.arange(n_levels, device=image.device).repeat(b)
+        present = batch["present"].float().repeat_interleave(n_levels, dim=0)
+        return image.flatten(0, 1), level, present
+
+    def batch_size(self, batch: dict) -> int:
+        return len(batch["study_id"])
+
+    def loss(self, outputs, batch):
+        from spine.losses import grading_loss
+
+        s = self.scfg
+        logits = outputs.float().view(*batch["target"].shape, -1)  # (B, L, K, 3)
+        return grading_loss(logits, batch["target"], kind=s.loss, class_weights=tuple(s.class_weights),
+                            any_severe_weight=s.any_severe_weight, focal_gamma=s.focal_gamma)
+
+    def predict(self, outputs, batch) -> list[dict]:
+        from spine.losses import grading_probabilities
+
+        target = batch["target"]
+        probs = grading_probabilities(outputs.float().view(*target.shape, -1), self.scfg.loss).cpu().numpy()
+        flips = batch["flip"].cpu().numpy()
+        rows = []
+        for b, study in enumerate(batch["study_id"].cpu().tolist()):
+            p = probs[b][:, CONDITION_SWAP] if flips[b] else probs[b]  # (L, K, 3) in the patient's left/right
+            for lv, level in enumerate(LEVELS):
+                for k, condition in enumerate(CONDITIONS):
+                    rows.append({"row_id": row_id(int(study), condition, level),
+                                 **dict(zip(PROB_COLUMNS, p[lv, k].tolist()))})
+        return rows
+
+    def merge_test(self, frames: list[pd.DataFrame]) -> pd.DataFrame:
+        """Mean probabilities over folds, rows renormalised."""
+        frame = pd.concat(frames, ignore_index=True)
+        mean = frame.groupby("row_id", sort=False)[list(PROB_COLUMNS)].mean()
+        mean = mean.div(mean.sum(axis=1), axis=0)
+        return mean.reset_index()
+
+    # ---- evaluation
+    def evaluate(self, predictions: pd.DataFrame) -> dict[str, float]:
+        from spine.metric import score
+
+        if predictions.empty:
+            return {}
+        studies = {rid.split("_", 1)[0] for rid in predictions.row_id}
+        labels = self.labels[self.labels.study_id.astype(str).isin(studies)]
+        return score(labels, predictions[["row_id", *PROB_COLUMNS]])
+
+    def finalize(self, run_dir: Path, oof: pd.DataFrame, test: pd.DataFrame | None) -> dict[str, float]:
+        """Priors, calibration (fitted on the whole OOF; score reported cross-fitted), plots, test submission."""
+        from spine.baselines import class_priors
+        from spine.calibrate import Calibration, cross_fitted, fit_calibration
+        from spine.train.plots import plot_confusion, plot_reliability
+
+        run_dir = Path(run_dir)
+        priors = class_priors(self.labels)
+        (run_dir / PRIORS_JSON).write_text(json.dumps(
+            {"columns": list(PROB_COLUMNS), "priors": dict(zip(LABEL_COLUMNS, priors.round(6).tolist())),
+             "source": "class_priors(train.csv): p proportional to metric weight x (count + 1)"}, indent=1))
+        out: dict[str, float] = {}
+        calibration = Calibration.identity()
+        studies = {rid.split("_", 1)[0] for rid in oof.row_id}
+        labels = self.labels[self.labels.study_id.astype(str).isin(studies)]
+        if self.scfg.calibrate and not oof.empty:
+            calibration = fit_calibration(oof, labels)
+            if oof["fold"].nunique() >= 2:
+                honest = self.evaluate(cross_fitted(oof, labels))
+                out.update({f"calibrated/{k}": v for k, v in honest.items()})
+        calibration.to_json(run_dir / CALIBRATION_JSON)
+        if test is not None and not test.empty:
+            calibration.apply(test[["row_id", *PROB_COLUMNS]]).to_csv(run_dir / SUBMISSION_CSV, index=False)
+        if not oof.empty:
+            plot_confusion(oof, labels, run_dir / "oof_confusion.png")
+            plot_reliability(oof, labels, run_dir / "oof_reliability.png")
+        return out
+
