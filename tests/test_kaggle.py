@@ -332,20 +332,13 @@ def test_selftest_with_stub_predict(tmp_path: Path, fake_runs):
     assert not (venv_site / "torch").exists()  # torch came from the fake image
 
 
-def trained_runs(tmp: Path) -> list[Path]:
-    """Run folders of the tiny synthetic preset (landmarks, then grading) for the end-to-end self-test."""
-    pytest.skip("needs spine.predict")
-
-
 @pytest.mark.slow
 def test_selftest_end_to_end(tmp_path: Path, request):
     """The real thing on the tiny preset: trained runs -> build (default bundle) -> selftest with spine-predict."""
-    if importlib.util.find_spec("spine.predict") is None:
-        pytest.skip("spine.predict is not written yet")
     from spine.kaggle.selftest import selftest
 
-    runs = trained_runs(tmp_path)
-    tiny_dataset = request.getfixturevalue("tiny_dataset")  # only once there is something to run it on
+    runs = request.getfixturevalue("tiny_runs")
+    tiny_dataset = request.getfixturevalue("tiny_dataset")
     out = tmp_path / "out"
     build(build_cfg("runs=[" + ",".join(str(r) for r in runs) + "]", f"out={out}"))
     result = selftest(compose("kaggle_selftest", [f"build={out}", f"data_dir={tiny_dataset}",

@@ -22,19 +22,9 @@ from spine.predict.__main__ import main
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_cache_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """(landmark run, grading run), both fold=all, one step per epoch."""
-    from spine.train.__main__ import main as train
-
-    root = tmp_path_factory.mktemp("predict_runs")
-    landmarks, grading = root / "landmarks", root / "grading"
-    common = [f"cache_dir={tiny_cache_dir}", "fold=all", "epochs=1", "batch_size=2", "num_workers=0",
-              "max_steps_per_epoch=1", "progress=false", "tensorboard=false"]
-    assert train(["stage=landmarks", "model=landmark_25d_tiny", "stage.grid.size=[8,32,32]",
-                  "stage.grid.spacing_mm=[10,10,10]", "stage.plot_studies=0", f"run_dir={landmarks}", *common]) == 0
-    assert train(["stage=grading", "model=grading_3d_tiny", f"landmarks={landmarks}", "stage.crop.size=[16,16,16]",
-                  f"run_dir={grading}", *common]) == 0
-    return landmarks, grading
+def runs(tiny_runs) -> tuple[Path, Path]:
+    """(landmark run, grading run), both fold=all, one step per epoch (tests/conftest.py)."""
+    return tiny_runs
 
 
 def _valid(sub: pd.DataFrame) -> None:
