@@ -56,7 +56,7 @@ def oracle_from_truth(data: Path, study_ids) -> pd.DataFrame:
 
 
 def fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
-    """Out-of-fold class prior: each fold's studies get the prior of the other folds' labels."""
+    """Out-of-fold class prior: each fold's studies get the prior of the other studies' labels."""
     from spine.baselines import class_prior_submission
 
     parts = []
@@ -76,7 +76,9 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path("bench_data/cache_small"))
     parser.add_argument("--runs", type=Path, default=Path("bench_runs/quality"))
     parser.add_argument("--landmarks", type=Path, default=None, help="an existing landmark run (fold=all)")
-    parser.add_argument("--landmark-epochs", type=int, default=12)
+    parser.add_argument("--landmark-epochs", type=int, default=60)
+    parser.add_argument("--fold", default="all", help="a fold number (quicker) or all")
+    parser.add_argument("--grading", type=Path, default=None, help="score an existing grading run, no training")
     args, overrides = parser.parse_known_args()
 
     from spine.baselines import class_prior_submission
@@ -88,13 +90,14 @@ def main() -> int:
     cache = Cache.open(args.cache)
     timings = {}
     landmarks = args.landmarks or args.runs / "landmarks"
-    if args.landmarks is None and not (landmarks / "oof.csv").is_file():
-        timings["landmarks_s"] = train(["stage=landmarks", "fold=all", f"cache_dir={cache.root}",
+    if args.landmarks is None and args.grading is None and not (landmarks / "oof.csv").is_file():
+        timings["landmarks_s"] = train(["stage=landmarks", f"fold={args.fold}", f"cache_dir={cache.root}",
                                         f"run_dir={landmarks}", f"epochs={args.landmark_epochs}",
-                                        f"val_every={args.landmark_epochs}"])
-    run = args.runs / "grading"
-    timings["grading_s"] = train(["stage=grading", "fold=all", "experiment=grading_cpu", f"cache_dir={cache.root}",
-                                  f"landmarks={landmarks}", f"run_dir={run}", "overwrite=true", *overrides])
+                                        f"val_every={args.landmark_epochs}", "experiment=bench_cpu"])
+    run = args.grading or args.runs / "grading"
+    if args.grading is None:
+        timings["grading_s"] = train(["stage=grading", f"fold={args.fold}", "experiment=grading_cpu",
+                                      f"cache_dir={cache.root}", f"landmarks={landmarks}", f"run_dir={run}", "overwrite=true", *overrides])
 
     labels = pd.read_csv(args.data / "train.csv")
     test_labels = pd.read_csv(args.data / "test_labels.csv")
@@ -103,11 +106,12 @@ def main() -> int:
             "model": score(test_labels, submission),
             "oracle": score(test_labels, pd.read_csv(args.data / "oracle_submission.csv"))}
     oof = pd.read_csv(run / "oof.csv")
-    folds = cache.folds
+    columns = ["row_id", "normal_mild", "moderate", "severe"]
+    folds = cache.folds[cache.folds.study_id.isin(oof.row_id.str.split("_").str[0].astype(int))]
     oof_labels = labels[labels.study_id.isin(folds.study_id)]
     cv = {"prior": score(oof_labels, fold_prior(labels, folds)),
-          "model_uncalibrated": score(oof_labels, oof),
-          "model": score(oof_labels, cross_fitted(oof, oof_labels)),
+          "model_uncalibrated": score(oof_labels, oof[columns]),
+          "model": score(oof_labels, (cross_fitted(oof, oof_labels) if oof.fold.nunique() > 1 else oof)[columns]),
           "oracle": score(oof_labels, oracle_from_truth(args.data, folds.study_id))}
     result = {"test": test, "oof": cv, "timings": timings,
               "gap_closed_test": gap(test["prior"]["score"], test["model"]["score"], test["oracle"]["score"]),

@@ -135,6 +135,29 @@ def test_condition_query_pooling_learns_left_from_right():
     assert torch.equal(pred, target)
 
 
+@pytest.mark.parametrize("grid", [(4, 4, 4), (8,)])
+def test_side_prior_points_each_side_condition_at_its_own_half(grid):
+    """At init a left condition's query looks mostly at high X (patient left), a right one at low X, the
+    spinal one evenly; side_prior=0 starts from uniform attention (global average pooling)."""
+    torch.manual_seed(0)
+    features = torch.randn(1, 8, *[1] * len(grid)).expand(4, 8, *grid)  # the same token everywhere
+    left_mass = {}
+    for prior in (2.0, 0.0):
+        head = ConditionQueryHead(8, grid, dim=16, num_heads=2, dropout=0.0, side_prior=prior).eval()
+        with torch.no_grad():
+            _, attention = head.pool(features, torch.arange(4), return_attention=True)  # (N, h, K, *grid)
+        assert attention.shape == (4, 2, 5, *grid)
+        half = grid[0] // 2
+        left_mass[prior] = attention[:, :, :, half:].flatten(3).sum(-1)  # (N, h, K)
+    by_condition = dict(zip(CONDITIONS, left_mass[2.0].mean((0, 1)).tolist()))
+    assert by_condition["left_neural_foraminal_narrowing"] > 0.75
+    assert by_condition["left_subarticular_stenosis"] > 0.75
+    assert by_condition["right_neural_foraminal_narrowing"] < 0.25
+    assert by_condition["right_subarticular_stenosis"] < 0.25
+    assert by_condition["spinal_canal_stenosis"] == pytest.approx(0.5, abs=0.05)
+    assert torch.allclose(left_mass[0.0], torch.full_like(left_mass[0.0], 0.5), atol=0.05)
+
+
 def test_per_level_heads_and_present_flags_change_the_logits():
     torch.manual_seed(0)
     model = create_model("grading_3d_tiny", crop_size=(24, 24, 24)).eval()

@@ -7,7 +7,6 @@ stay fast; the default bundle (about 35 wheels, 75 MB, SimpleITK alone 52 MB) is
 from __future__ import annotations
 
 import importlib.metadata as md
-import importlib.util
 import json
 import os
 import shutil
