@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, row_id
-from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugment, WeightedEpochSampler, centre_table, label_table,
-                                study_weights)
+from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugment, WeightedEpochSampler,
+                                centre_table, label_table, study_weights)
 from spine.data.landmarks import studies_with_series
 from spine.data.transforms import IntensityAugment
 from spine.train.stage import Stage
@@ -109,13 +109,6 @@ class GradingStage(Stage):
             out[what] = GradingDataset(study_ids=ids, labels=label_table(self.labels, ids), centres=centres[usable],
                                        augment=augment, intensity=intensity, **common)
         return out["train"], out["validation"], (out["test"] if len(out["test"]) else None)
-
-    def test_studies(self) -> list[int]:
-        """Studies of the cache that are not in folds.csv (the test split)."""
-        series, train = self.cache.series, set(int(s) for s in self.cache.folds.study_id)
-        if "split" in series.columns:
-            series = series[series.split == "test"]
-        return sorted(set(int(s) for s in series.study_id) - train)
 
     def train_sampler(self, dataset, rank: int, world_size: int):
         weights = self.scfg.sampler_weights

@@ -68,13 +68,6 @@ class LandmarkStage(Stage):
         test = LandmarkDataset(study_ids=test_ids, **common) if test_ids else None
         return train, val, test
 
-    def test_studies(self) -> list[int]:
-        """Studies of the cache that are not in folds.csv (the test split)."""
-        series, train = self.cache.series, set(int(s) for s in self.cache.folds.study_id)
-        if "split" in series.columns:
-            series = series[series.split == "test"]
-        return sorted(set(int(s) for s in series.study_id) - train)
-
     def model_kwargs(self) -> dict:
         return {"in_chans": len(self.scfg.series), "num_points": len(self.names),
                 "grid_size": list(self.scfg.grid.size)}

@@ -30,6 +30,13 @@ class Stage:
         """The folds of the cache's folds.csv that have studies."""
         return sorted(int(f) for f in self.cache.folds.fold.unique())
 
+    def test_studies(self) -> list[int]:
+        """Studies of the cache that are not in folds.csv (the test split)."""
+        series, train = self.cache.series, set(int(s) for s in self.cache.folds.study_id)
+        if "split" in series.columns:
+            series = series[series.split == "test"]
+        return sorted(set(int(s) for s in series.study_id) - train)
+
     def datasets(self, fold: int) -> tuple[Dataset, Dataset, Dataset | None]:
         """(train, validation, test or None) for one fold. Datasets may take ``(epoch, index)`` keys."""
         raise NotImplementedError
