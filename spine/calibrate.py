@@ -15,9 +15,8 @@ Frames used throughout:
 - ``labels``: train.csv format, ``study_id`` and the 25 ``LABEL_COLUMNS`` holding ``SEVERITIES`` strings or
   empty; other columns are ignored.
 
-Fitting only uses what both frames have: labelled rows missing from the predictions are dropped, and so are
-the spinal labels of a study whose 5 spinal rows are not all predicted (the metric's ``any_severe_spinal``
-part needs all of them). Prediction rows without a label (test studies, unlabelled levels) are ignored by the
+Fitting only uses what both frames have: labelled rows missing from the predictions are dropped (the
+metric's ``any_severe_spinal`` part, like its other parts, only reads labelled rows). Prediction rows without a label (test studies, unlabelled levels) are ignored by the
 fit and still calibrated by :meth:`Calibration.apply`.
 """
 
@@ -42,7 +41,6 @@ SCALE_BOUNDS: tuple[float, float] = (0.25, 4.0)
 SPINAL: str = CONDITIONS[0]
 FOLD_COLUMN: str = "fold"
 _KEYS: tuple[tuple[str, str], ...] = tuple((c, lv) for c in CONDITIONS for lv in LEVELS)  # LABEL_COLUMNS order
-_SPINAL_COLUMNS: list[int] = [j for j, (c, _) in enumerate(_KEYS) if c == SPINAL]
 _SEVERE: int = PROB_COLUMNS.index("severe")
 
 
@@ -154,8 +152,9 @@ def _scorable(predictions: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataF
     """Labels and predictions that :func:`spine.metric.score` accepts together.
 
     Returns ``(labels, submission)``: train.csv-format labels of the studies with at least one labelled,
-    predicted row, with the cells of unpredicted rows blanked (and all spinal cells of a study missing any of
-    its 5 spinal rows), and the submission (``row_id`` + ``PROB_COLUMNS`` only) restricted to those studies.
+    predicted row, with the cells of unpredicted rows blanked (the metric drops unlabelled rows before anything
+    else, any-severe included), and the submission (``row_id`` + ``PROB_COLUMNS`` only) restricted to those
+    studies.
     """
     ids, probs = _checked_probs(predictions, "predictions")
     submission = pd.DataFrame(probs, columns=list(PROB_COLUMNS))
@@ -166,8 +165,6 @@ def _scorable(predictions: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataF
     n_studies = len(long) // len(_KEYS)
     present = long["row_id"].isin(set(ids)).to_numpy().reshape(n_studies, len(_KEYS))
     severity = np.where(present, long["severity"].to_numpy().reshape(n_studies, len(_KEYS)), np.nan)
-    incomplete = np.flatnonzero(~present[:, _SPINAL_COLUMNS].all(axis=1))
-    severity[np.ix_(incomplete, _SPINAL_COLUMNS)] = np.nan
     keep = ~np.isnan(severity).all(axis=1)
     names = np.array([*SEVERITIES, None], dtype=object)
     grades = names[np.where(np.isnan(severity), len(SEVERITIES), np.nan_to_num(severity)).astype(int)]
@@ -271,31 +268,25 @@ def _spinal_parts(labels: pd.DataFrame, ids: np.ndarray):
 
     These are the only parts of :func:`spine.metric.score` that the severe scale changes, so minimising f
     minimises the score; same formulas as the metric, in numpy (the metric re-joins the frames on every call,
-    which made the scale search ~50x slower). ``labels`` must come from :func:`_scorable` (every spinal row
-    of a study with a labelled spinal level predicted).
+    which made the scale search ~50x slower). ``labels`` must come from :func:`_scorable` (every labelled
+    row predicted).
     """
     long = labels_to_long(labels)
-    long = long[long["condition"] == SPINAL]
-    position = pd.Series(np.arange(len(ids)), index=pd.Index(ids))
-    labelled = long[long["severity"].notna()]
-    row = position.loc[labelled["row_id"]].to_numpy()
+    labelled = long[(long["condition"] == SPINAL) & long["severity"].notna()]  # study by study, contiguous
+    row = pd.Series(np.arange(len(ids)), index=pd.Index(ids)).loc[labelled["row_id"]].to_numpy()
     y = labelled["severity"].to_numpy().astype(int)
-    w = np.asarray(SEVERITY_WEIGHTS)[y]
-    studies = long[long["study_id"].isin(labelled["study_id"].unique())]
-    grouped = studies.assign(row=position.loc[studies["row_id"]].to_numpy(),
-                             severe=studies["severity"] == SEVERITIES.index("Severe"),
-                             weight=studies["severity"].map(dict(enumerate(SEVERITY_WEIGHTS))))
-    per_study = grouped.groupby("study_id", sort=False).agg(rows=("row", list), y=("severe", "max"),
-                                                            w=("weight", "max"))
-    study_rows = np.array(per_study["rows"].tolist())  # (n_studies, 5)
-    y_any = per_study["y"].to_numpy(dtype=np.float64)
-    w_any = per_study["w"].to_numpy(dtype=np.float64)
+    w = np.asarray(SEVERITY_WEIGHTS, dtype=np.float64)[y]
+    codes = pd.factorize(labelled["study_id"])[0]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, dtype=int)
+    # any-severe per study over its labelled spinal levels only, as the metric (and the official harness)
+    y_any = np.maximum.reduceat((y == SEVERITIES.index("Severe")).astype(np.float64), starts) if len(y) else y
+    w_any = np.maximum.reduceat(w, starts) if len(w) else w
 
     def parts(p: np.ndarray) -> float:
         q = np.clip(p[row], EPS, 1.0 - EPS)
         q = q / q.sum(axis=1, keepdims=True)
         spinal = np.sum(-w * np.log(q[np.arange(len(y)), y])) / np.sum(w)
-        m = np.clip(p[study_rows, _SEVERE].max(axis=1), EPS, 1.0 - EPS)
+        m = np.clip(np.maximum.reduceat(p[row, _SEVERE], starts), EPS, 1.0 - EPS)
         any_severe = np.sum(-w_any * (y_any * np.log(m) + (1.0 - y_any) * np.log(1.0 - m))) / np.sum(w_any)
         return float(spinal + any_severe)
 

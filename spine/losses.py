@@ -138,8 +138,8 @@ def grading_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce",
     Returns:
         ``(loss, parts)``. Each group part (``spinal``, ``foraminal``, ``subarticular``, from
         ``CONDITION_GROUP``) is ``sum(w * term) / sum(w)`` over the batch's labelled rows of the group,
-        ``w = class_weights[y]``. ``any_severe``: per study with a labelled spinal level, ``p`` = max over all
-        levels of the spinal severe probability (:func:`grading_probabilities`, clipped to [eps, 1 - eps]),
+        ``w = class_weights[y]``. ``any_severe``: per study with a labelled spinal level, ``p`` = max over its
+        labelled levels of the spinal severe probability (:func:`grading_probabilities`, clipped to [eps, 1 - eps]),
         ``y`` = any labelled spinal level Severe, ``w`` = max weight of the labelled spinal levels; weighted
         binary cross-entropy ``sum(w * bce) / sum(w)``. ``loss = (spinal + foraminal + subarticular +
         any_severe_weight * any_severe) / (3 + any_severe_weight)`` over the parts that have labelled rows
@@ -186,7 +186,9 @@ def grading_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce",
         spinal = next(k for k, c in enumerate(CONDITIONS) if CONDITION_GROUP[c] == "spinal")
         severe = SEVERITIES.index("Severe")
         eps = torch.finfo(torch.float32).eps
-        p = grading_probabilities(logits[:, :, spinal], kind)[..., severe].amax(dim=1).clamp(eps, 1.0 - eps)
+        p_severe = grading_probabilities(logits[:, :, spinal], kind)[..., severe]  # (B, L)
+        # the max over the labelled spinal levels only: the official harness drops unlabelled rows first
+        p = p_severe.masked_fill(~labelled[:, :, spinal], 0.0).amax(dim=1).clamp(eps, 1.0 - eps)
         y_any = ((target[:, :, spinal] == severe) & labelled[:, :, spinal]).any(dim=1).float()  # (B,)
         w_any = w[:, :, spinal].amax(dim=1)  # (B,), 0 for studies without a labelled spinal level
         bce_any = -(y_any * p.log() + (1.0 - y_any) * torch.log1p(-p))

@@ -4,13 +4,15 @@ Rules, in short:
 
 - rows are matched by ``row_id`` in any order; submission rows for studies or rows not in ``labels`` are
   ignored; labelled rows missing from the submission are an error;
-- rows whose label is NaN are not scored; sample weight by true grade is 1 / 2 / 4 (``SEVERITY_WEIGHTS``);
+- rows whose label is NaN are dropped **before anything else is computed**, as the official harness does
+  (so a submission may omit them); sample weight by true grade is 1 / 2 / 4 (``SEVERITY_WEIGHTS``);
 - each group (spinal, foraminal, subarticular): weighted mean of ``-log p[y]``, with each probability row
   clipped to ``[eps, 1 - eps]`` and then renormalised to sum 1;
-- ``any_severe_spinal``, one item per study that has at least one labelled spinal level:
-  ``y = 1`` if any labelled spinal level is Severe, ``p`` = max of the submitted ``severe`` over the 5 spinal
-  levels (clipped to ``[eps, 1 - eps]``, not renormalised), ``w`` = max of the labelled levels' weights;
-  weighted binary log loss. All 5 spinal rows of such a study must therefore be in the submission;
+- ``any_severe_spinal``, one item per study that has at least one labelled spinal level, over that
+  study's **labelled** spinal levels only: ``y = 1`` if any of them is Severe, ``p`` = max of the submitted
+  ``severe`` over them (clipped to ``[eps, 1 - eps]``, not renormalised), ``w`` = max of their weights;
+  weighted binary log loss. The ``severe`` of an unlabelled spinal level (say L5/S1 not visible) plays no
+  part, however large;
 - ``score`` = mean of the four parts. A part with no scored rows is NaN and ``score`` is the mean of the
   remaining parts; labels with no scored row at all are an error.
 
@@ -126,17 +128,15 @@ def _submission_probs(submission: pd.DataFrame) -> pd.DataFrame:
 
 
 def _joined(labels: pd.DataFrame, submission: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scored label rows with their submitted probabilities, and the spinal rows any_severe needs.
+    """Scored label rows with their submitted probabilities, and the scored spinal rows any_severe uses.
 
-    Returns ``(scored, spinal)``: ``scored`` has the columns of :func:`labels_to_long` (NaN labels dropped)
-    plus ``weight`` and ``PROB_COLUMNS``; ``spinal`` has all 5 spinal rows (labelled or not) of each study
-    with a labelled spinal level, with ``severity``, ``weight`` (NaN where unlabelled) and ``severe``.
+    Returns ``(scored, spinal)``: ``scored`` has the columns of :func:`labels_to_long` (NaN labels dropped
+    first, like the official harness) plus ``weight`` and ``PROB_COLUMNS``; ``spinal`` is its spinal canal
+    rows, with ``study_id, row_id, severity, weight, severe``.
     """
     long = labels_to_long(labels)
     probs = _submission_probs(submission)
-    spinal_studies = long.loc[(long["condition"] == SPINAL) & long["severity"].notna(), "study_id"].unique()
-    need = long["severity"].notna() | ((long["condition"] == SPINAL) & long["study_id"].isin(spinal_studies))
-    needed = long[need]
+    needed = long[long["severity"].notna()]
     absent = needed.loc[~needed["row_id"].isin(probs.index), "row_id"].tolist()
     if absent:
         raise ValueError(f"submission: {len(absent)} rows needed for scoring are missing: {_examples(absent)}")
@@ -147,13 +147,10 @@ def _joined(labels: pd.DataFrame, submission: pd.DataFrame) -> tuple[pd.DataFram
         raise ValueError("submission: probabilities must be finite and >= 0; bad rows: "
                          + _examples(needed["row_id"].to_numpy()[bad]))
 
-    joined = needed.reset_index(drop=True)
-    joined[list(PROB_COLUMNS)] = p
-    weights = np.asarray(SEVERITY_WEIGHTS)
-    sev = joined["severity"].to_numpy()
-    joined["weight"] = np.where(np.isnan(sev), np.nan, weights[np.nan_to_num(sev).astype(int)])
-    scored = joined[joined["severity"].notna()].reset_index(drop=True)
-    spinal = joined.loc[joined["condition"] == SPINAL, ["study_id", "row_id", "severity", "weight", "severe"]]
+    scored = needed.reset_index(drop=True)
+    scored[list(PROB_COLUMNS)] = p
+    scored["weight"] = np.asarray(SEVERITY_WEIGHTS, dtype=np.float64)[scored["severity"].to_numpy().astype(int)]
+    spinal = scored.loc[scored["condition"] == SPINAL, ["study_id", "row_id", "severity", "weight", "severe"]]
     return scored, spinal.reset_index(drop=True)
 
 
@@ -171,7 +168,8 @@ def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def _any_severe(spinal: pd.DataFrame, eps: float) -> float:
-    """Weighted binary log loss of 'any labelled spinal level is Severe' against max submitted severe."""
+    """Weighted binary log loss of 'any labelled spinal level is Severe' against the max submitted severe
+    of the labelled spinal levels (``spinal`` holds scored rows only)."""
     if spinal.empty:
         return float("nan")
     severe_idx = float(SEVERITIES.index("Severe"))

@@ -179,6 +179,8 @@ def _random_batch(b: int = 6, seed: int = 0):
     target[torch.rand(b, 5, 5, generator=gen) < 0.25] = -1
     target[1, :, 0] = -1  # a study without any labelled spinal level
     target[2, :, 0] = torch.tensor([0, 2, -1, 1, 0])  # a study with a Severe spinal level
+    target[3, :, 0] = torch.tensor([0, 0, 1, 0, -1])  # L5/S1 unlabelled, and its severe the study's largest:
+    logits[3, 4, 0] = torch.tensor([-5.0, -5.0, 10.0])  # any-severe must ignore it, as the official metric does
     return logits, target
 
 

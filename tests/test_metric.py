@@ -100,8 +100,9 @@ def test_hand_computed_two_studies():
     foraminal = (2 * -log(0.5) + 4 * -log(0.6)) / (2 + 4)
     p_clip = (1 - EPS) / (EPS + EPS + (1 - EPS))
     subarticular = (1 * -log(0.5) + 2 * -log(0.4) + 4 * -log(p_clip)) / (1 + 2 + 4)
-    # 1001: y=1, p=max severe over 5 levels = 0.6, w=max(1, 4)=4; 1002: y=0, p=0.2, w=max(1, 2)=2
-    any_severe = (4 * -log(0.6) + 2 * -log(1 - 0.2)) / (4 + 2)
+    # 1001: y=1, p=max severe over the labelled levels l1_l2, l4_l5 = 0.5 (the unlabelled l5_s1's 0.6 is
+    # dropped with its row), w=max(1, 4)=4; 1002: y=0, p=0.2, w=max(1, 2)=2
+    any_severe = (4 * -log(0.5) + 2 * -log(1 - 0.2)) / (4 + 2)
     expected = {"spinal": spinal, "foraminal": foraminal, "subarticular": subarticular,
                 "any_severe_spinal": any_severe}
     result = score(labels, sub)
@@ -154,9 +155,24 @@ def test_nan_labels_are_skipped():
                        (row_id(1001, SPINAL, "l2_l3"), (0.01, 0.98, 0.01))]:   # NaN spinal, severe stays low
         changed.loc[changed["row_id"] == rid, list(PROB_COLUMNS)] = probs
     assert score(labels, changed) == pytest.approx(expected, rel=1e-12)
-    # unlabelled non-spinal rows may even be absent
-    absent = sub[sub["row_id"] != row_id(1001, LEFT_SS, "l1_l2")]
+    # unlabelled rows may even be absent, spinal ones included
+    absent = sub[~sub["row_id"].isin([row_id(1001, LEFT_SS, "l1_l2"), row_id(1001, SPINAL, "l2_l3"),
+                                      row_id(1001, SPINAL, "l5_s1")])]
     assert score(labels, absent) == pytest.approx(expected, rel=1e-12)
+
+
+def test_unlabelled_l5_s1_with_the_largest_severe_plays_no_part_in_any_severe():
+    """The official harness drops unlabelled rows first: an unlabelled L5/S1 whose ``severe`` is the study's
+    largest neither raises p nor counts for y or w of the any-severe-spinal term."""
+    labels = make_labels({7: {**{(SPINAL, lv): NM for lv in LEVELS[:4]}, (LEFT_NFN, "l4_l5"): MOD}})
+    probs = {**{row_id(7, SPINAL, lv): (0.8, 0.1, 0.1) for lv in LEVELS[:4]},
+             row_id(7, SPINAL, "l5_s1"): (0.0, 0.01, 0.99),  # unlabelled, and by far the largest severe
+             row_id(7, LEFT_NFN, "l4_l5"): (0.2, 0.6, 0.2)}
+    sub = make_submission([7], probs)
+    result = score(labels, sub)
+    assert result["any_severe_spinal"] == pytest.approx(-math.log(1 - 0.1), rel=1e-12)  # y=0, p=0.1, w=1
+    without = score(labels, sub[sub["row_id"] != row_id(7, SPINAL, "l5_s1")])  # unscored rows may be omitted
+    assert without == pytest.approx(result, rel=1e-12, nan_ok=True)
 
 
 def test_unnormalised_rows_renormalised_for_groups_raw_severe_for_any_severe():
@@ -230,7 +246,7 @@ def _set(sub: pd.DataFrame, rid: str, column: str, value) -> pd.DataFrame:
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda s: _without(s, row_id(1002, LEFT_NFN, "l4_l5")), r"missing.*1002_left_neural_foraminal_narrowing_l4_l5"),
-    (lambda s: _without(s, row_id(1001, SPINAL, "l2_l3")), r"missing.*1001_spinal_canal_stenosis_l2_l3"),
+    (lambda s: _without(s, row_id(1001, SPINAL, "l4_l5")), r"missing.*1001_spinal_canal_stenosis_l4_l5"),
     (lambda s: pd.concat([s, s.iloc[[3]]]), r"duplicate row_id.*" + row_id(1001, SPINAL, "l4_l5")),
     (lambda s: s.drop(columns=["moderate"]), r"columns.*missing \['moderate'\]"),
     (lambda s: s.assign(extra=1.0), r"columns.*extra \['extra'\]"),
