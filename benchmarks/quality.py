@@ -1,19 +1,19 @@
-"""Quality benchmark: the two-stage pipeline (landmarks -> grading) on the `small` synthetic preset.
+"""Quality benchmark: the two-stage pipeline (landmarks -> grading) on enough synthetic studies to trust.
 
-    .venv/bin/python benchmarks/quality.py [--data DIR] [--cache DIR] [--runs DIR] [--landmarks RUN]
-                                           [--landmark-epochs N] [override ...]
+    .venv/bin/python benchmarks/quality.py [--n-train 400] [--n-test 200] [--fold all|0]
+                                           [--models views,25d,3d] [--landmarks RUN] [override ...]
 
-Makes the dataset and the cache if they are missing, trains the landmark stage on every fold (or uses
-``--landmarks``), then the grading stage on every fold with ``experiment=grading_cpu`` (overrides go to
-spine-train), and prints, lower is better (the competition metric):
+Makes the dataset (``spine.synth`` preset=small, ``--n-train`` training and ``--n-test`` held-out test studies)
+and the cache if they are missing, trains the landmark stage (``experiment=bench_cpu``, every fold, or reuses
+``--landmarks``), then for each model of ``--models`` the grading stage with ``experiment=grading_cpu`` and
+that model's overrides (:data:`MODELS`; extra overrides go to every spine-train call). ``--fold 0`` is the quick
+mode for iterating (one fold: OOF = that fold, test = its one model).
 
-- held-out test studies: class prior (fitted on train.csv), the model (folds averaged, calibrated:
-  the run's submission.csv), the oracle (Bayes-optimal from the true narrowing, oracle_submission.csv),
-  and the share of the prior-to-oracle gap the model closes: (prior - model) / (prior - oracle);
-- out of fold, every training study once: the same three numbers, with the prior of each fold fitted on
-  the other folds, the model before and after calibration (cross-fitted), the oracle from truth.csv;
-- the targets: gap closed >= 60 % on CPU-scale training, >= 90 % with a realistic (GPU) budget.
-Writes ``<runs>/grading/quality.json``.
+Prints, for the held-out test studies (the run's calibrated submission.csv, the fold ensemble) and out of
+fold (every training study once, calibration cross-fitted), lower is better (the competition metric), side
+by side: the class prior (fitted on the training labels), each model, the oracle (Bayes-optimal from the true
+narrowing); then the share of the prior-to-oracle gap each model closes, (prior - model) / (prior - oracle),
+overall and for each of the four parts. Writes ``<runs>/quality.json``.
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from landmarks import ensure_data  # noqa: E402  (benchmarks are scripts, not a package)
-
 BIN = Path(sys.executable).parent
+PARTS = ("score", "spinal", "foraminal", "subarticular", "any_severe_spinal")
+# name -> spine-train overrides on top of experiment=grading_cpu (which is the views model)
+MODELS: dict[str, list[str]] = {
+    "views": [],
+    "25d": ["model=grading_25d_tiny", "stage.crop.size=[32,32,32]"],
+    "3d": ["model=grading_3d_small", "stage.crop.size=[32,32,32]"],
+}
 
 
 def train(args: list[str]) -> float:
@@ -39,6 +42,25 @@ def train(args: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run([str(BIN / "spine-train"), *args, "progress=false", "tensorboard=false"], check=True)
     return time.perf_counter() - started
+
+
+def ensure_data(data: Path, cache: Path, n_train: int, n_test: int) -> None:
+    from spine.config import compose
+
+    if not (data / "train.csv").is_file():
+        from spine.synth.config import SynthConfig
+        from spine.synth.generate import generate
+
+        print(f"[bench] generating {n_train} + {n_test} studies (preset small, seed 1) into {data}", flush=True)
+        generate(compose("synth", ["preset=small", "seed=1", f"n_train={n_train}", f"n_test={n_test}",
+                                   f"out_dir={data}"], SynthConfig))
+    if not any(cache.glob("*/series.csv")):
+        from spine.preprocess.config import PreprocessConfig
+        from spine.preprocess.run import run
+
+        print(f"[bench] preprocessing into {cache}", flush=True)
+        run(compose("preprocess", [f"data_dir={data}", f"cache_dir={cache}", "split=all", "progress=false"],
+                    PreprocessConfig))
 
 
 def oracle_from_truth(data: Path, study_ids) -> pd.DataFrame:
@@ -70,41 +92,17 @@ def gap(prior: float, model: float, oracle: float) -> float:
     return (prior - model) / (prior - oracle) if prior > oracle else float("nan")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("bench_data/small"))
-    parser.add_argument("--cache", type=Path, default=Path("bench_data/cache_small"))
-    parser.add_argument("--runs", type=Path, default=Path("bench_runs/quality"))
-    parser.add_argument("--landmarks", type=Path, default=None, help="an existing landmark run (fold=all)")
-    parser.add_argument("--landmark-epochs", type=int, default=60)
-    parser.add_argument("--fold", default="all", help="a fold number (quicker) or all")
-    parser.add_argument("--grading", type=Path, default=None, help="score an existing grading run, no training")
-    args, overrides = parser.parse_known_args()
-
+def evaluate(run: Path, data: Path, cache) -> dict:
+    """Test and OOF scores of one grading run with the prior and the oracle on the same studies."""
     from spine.baselines import class_prior_submission
     from spine.calibrate import cross_fitted
     from spine.metric import score
-    from spine.preprocess.cache import Cache
 
-    ensure_data(args.data, args.cache)
-    cache = Cache.open(args.cache)
-    timings = {}
-    landmarks = args.landmarks or args.runs / "landmarks"
-    if args.landmarks is None and args.grading is None and not (landmarks / "oof.csv").is_file():
-        timings["landmarks_s"] = train(["stage=landmarks", f"fold={args.fold}", f"cache_dir={cache.root}",
-                                        f"run_dir={landmarks}", f"epochs={args.landmark_epochs}",
-                                        f"val_every={args.landmark_epochs}", "experiment=bench_cpu"])
-    run = args.grading or args.runs / "grading"
-    if args.grading is None:
-        timings["grading_s"] = train(["stage=grading", f"fold={args.fold}", "experiment=grading_cpu",
-                                      f"cache_dir={cache.root}", f"landmarks={landmarks}", f"run_dir={run}", "overwrite=true", *overrides])
-
-    labels = pd.read_csv(args.data / "train.csv")
-    test_labels = pd.read_csv(args.data / "test_labels.csv")
-    submission = pd.read_csv(run / "submission.csv")
+    labels = pd.read_csv(data / "train.csv")
+    test_labels = pd.read_csv(data / "test_labels.csv")
     test = {"prior": score(test_labels, class_prior_submission(labels, test_labels.study_id)),
-            "model": score(test_labels, submission),
-            "oracle": score(test_labels, pd.read_csv(args.data / "oracle_submission.csv"))}
+            "model": score(test_labels, pd.read_csv(run / "submission.csv")),
+            "oracle": score(test_labels, pd.read_csv(data / "oracle_submission.csv"))}
     oof = pd.read_csv(run / "oof.csv")
     columns = ["row_id", "normal_mild", "moderate", "severe"]
     folds = cache.folds[cache.folds.study_id.isin(oof.row_id.str.split("_").str[0].astype(int))]
@@ -112,22 +110,69 @@ def main() -> int:
     cv = {"prior": score(oof_labels, fold_prior(labels, folds)),
           "model_uncalibrated": score(oof_labels, oof[columns]),
           "model": score(oof_labels, (cross_fitted(oof, oof_labels) if oof.fold.nunique() > 1 else oof)[columns]),
-          "oracle": score(oof_labels, oracle_from_truth(args.data, folds.study_id))}
-    result = {"test": test, "oof": cv, "timings": timings,
-              "gap_closed_test": gap(test["prior"]["score"], test["model"]["score"], test["oracle"]["score"]),
-              "gap_closed_oof": gap(cv["prior"]["score"], cv["model"]["score"], cv["oracle"]["score"]),
-              "overrides": overrides}
-    (run / "quality.json").write_text(json.dumps(result, indent=2))
+          "oracle": score(oof_labels, oracle_from_truth(data, folds.study_id))}
+    closed = {where: {p: gap(t["prior"][p], t["model"][p], t["oracle"][p]) for p in PARTS}
+              for where, t in (("test", test), ("oof", cv))}
+    return {"test": test, "oof": cv, "gap_closed": closed, "n_test": len(test_labels), "n_oof": len(oof_labels)}
 
-    print(f"\n{'':<28}{'score':>8}{'spinal':>9}{'foram.':>9}{'subart.':>9}{'any_sev':>9}")
-    for title, table in (("test studies", test), ("out of fold", cv)):
-        for name, s in table.items():
-            print(f"{title + ': ' + name:<28}{s['score']:>8.4f}{s['spinal']:>9.4f}{s['foraminal']:>9.4f}"
-                  f"{s['subarticular']:>9.4f}{s['any_severe_spinal']:>9.4f}")
-    print(f"\nshare of the prior-to-oracle gap closed: test {result['gap_closed_test']:.1%} "
-          f"({len(test_labels)} studies), out of fold {result['gap_closed_oof']:.1%} ({len(oof_labels)} studies); "
-          f"target >= 60 % on CPU, >= 90 % with a GPU budget")
-    print(f"timings: {', '.join(f'{k} {v:.0f}' for k, v in timings.items())}")
+
+def report(results: dict[str, dict]) -> None:
+    head = f"{'':<34}" + "".join(f"{p[:8]:>10}" for p in PARTS)
+    for where, title in (("test", "held-out test studies"), ("oof", "out of fold")):
+        first = next(iter(results.values()))
+        print(f"\n{title} ({first['n_' + where]} studies), the metric (lower is better)\n{head}")
+        rows = [("class prior", first[where]["prior"])]
+        rows += [(f"model {name}", r[where]["model"]) for name, r in results.items()]
+        rows += [("oracle", first[where]["oracle"])]
+        for name, s in rows:
+            print(f"{name:<34}" + "".join(f"{s[p]:>10.4f}" for p in PARTS))
+        print("share of the prior-to-oracle gap closed")
+        for name, r in results.items():
+            print(f"{'model ' + name:<34}" + "".join(f"{r['gap_closed'][where][p]:>10.1%}" for p in PARTS))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-train", type=int, default=400)
+    parser.add_argument("--n-test", type=int, default=200)
+    parser.add_argument("--data", type=Path, default=None, help="default bench_data/q<n-train + n-test>")
+    parser.add_argument("--cache", type=Path, default=None, help="default <data>_cache")
+    parser.add_argument("--runs", type=Path, default=Path("bench_runs/quality"))
+    parser.add_argument("--landmarks", type=Path, default=None, help="an existing landmark run (fold=all)")
+    parser.add_argument("--landmark-epochs", type=int, default=20)
+    parser.add_argument("--fold", default="all", help="a fold number (quick mode) or all")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--score-only", action="store_true", help="score the existing runs, no training")
+    args, overrides = parser.parse_known_args()
+    data = args.data or Path(f"bench_data/q{args.n_train + args.n_test}")
+    cache_dir = args.cache or Path(f"{data}_cache")
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+
+    from spine.preprocess.cache import Cache
+
+    ensure_data(data, cache_dir, args.n_train, args.n_test)
+    cache = Cache.open(cache_dir)
+    timings: dict[str, float] = {}
+    landmarks = args.landmarks or args.runs / "landmarks"
+    if not args.score_only and args.landmarks is None and not (landmarks / "oof.csv").is_file():
+        timings["landmarks_s"] = train(["stage=landmarks", "fold=all", "experiment=bench_cpu", f"cache_dir={cache.root}",
+                                        f"run_dir={landmarks}", f"epochs={args.landmark_epochs}",
+                                        f"val_every={args.landmark_epochs}"])
+    results = {}
+    for name in models:
+        run = args.runs / f"grading_{name}"
+        if not args.score_only:
+            timings[f"grading_{name}_s"] = train(["stage=grading", f"fold={args.fold}", "experiment=grading_cpu",
+                                                  *MODELS[name], f"cache_dir={cache.root}", f"landmarks={landmarks}",
+                                                  f"run_dir={run}", "overwrite=true", *overrides])
+        results[name] = evaluate(run, data, cache)
+    report(results)
+    print(f"\ntimings (s): {', '.join(f'{k} {v:.0f}' for k, v in timings.items())}")
+    (args.runs / "quality.json").write_text(json.dumps({"results": results, "timings": timings, "fold": args.fold,
+                                                        "overrides": overrides, "data": str(data)}, indent=2))
     return 0
 
 

@@ -1,19 +1,36 @@
-"""Hydra configuration for every command line: one way to compose, validate and report config errors.
+"""Hydra configuration for every command line: one way to compose, validate, explain and report config errors.
 
 Configs live in ``spine/configs`` (inside the package, so a wheel carries them). Every command takes Hydra
 overrides (``key=value``, ``group=option``) and validates the result against a dataclass schema, so a typo
 in an override ends the command with a one-line message instead of being silently ignored.
+
+``-h`` / ``--help`` prints the command's usage (:func:`usage`): what it does, its config groups with their
+options, and every key with its default and a one-line description. The descriptions are the ``# comments``
+of the schema's fields (a trailing comment, or the comment lines right above the field), read from the source.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
+import io
+import re
 import sys
+import textwrap
+import tokenize
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from spine.logs import configure as configure_logging
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+HELP_FLAGS = ("-h", "--help")
+_BARE = re.compile(r"[\w./${}:-]+")  # a string value that needs no quotes in an override
 
 T = TypeVar("T")
 
@@ -32,6 +49,17 @@ def compose(command: str, overrides: list[str], schema: type[T]) -> T:
     Raises :class:`ConfigError` with Hydra's or OmegaConf's message for unknown keys, bad values or unknown
     group options.
     """
+    from omegaconf.errors import OmegaConfBaseException
+
+    merged = _compose_node(command, overrides, schema)
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(_first_line(err)) from err
+
+
+def _compose_node(command: str, overrides: Sequence[str], schema: type) -> DictConfig:
+    """The composed, merged config node of :func:`compose`, before the schema's ``__post_init__`` checks."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -49,22 +77,195 @@ def compose(command: str, overrides: list[str], schema: type[T]) -> T:
         merged = OmegaConf.merge(OmegaConf.structured(schema), _plain(cfg))
         for item in values:
             if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
+                raise ConfigError(f"override {item!r} is not of the form key=value (--help lists the keys)")
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        return merged
     except ConfigError:
         raise
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise ConfigError(_first_line(err)) from err
 
 
-def compose_or_exit(command: str, overrides: list[str], schema: type[T]) -> T:
-    """:func:`compose` for a ``main()``: a bad config prints one line to stderr and exits with code 2."""
+def compose_or_exit(command: str, overrides: list[str], schema: type[T], description: str = "", *,
+                    prog: str = "", nested: Mapping[str, type] | None = None) -> T:
+    """:func:`compose` for a ``main()``: ``-h``/``--help`` prints :func:`usage` and exits with code 0; a bad
+    config prints one line to stderr and exits with code 2. Sets up the command's logging
+    (:func:`spine.logs.configure`)."""
+    if show_help(overrides, command, schema, description, prog=prog, nested=nested):
+        raise SystemExit(0)
+    configure_logging(command)
     try:
         return compose(command, overrides, schema)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# ------------------------------------------------------------------------------------------------ --help
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for the usage (``-h`` or ``--help`` anywhere)."""
+    return any(arg in HELP_FLAGS for arg in argv)
+
+
+def show_help(argv: Sequence[str], command: str, schema: type, description: str = "", *, prog: str = "",
+              nested: Mapping[str, type] | None = None) -> bool:
+    """Print :func:`usage` to stdout when ``argv`` asks for it; returns whether it did."""
+    if not wants_help(argv):
+        return False
+    overrides = [arg for arg in argv if arg not in HELP_FLAGS]
+    print(usage(command, schema, description, prog=prog, overrides=overrides, nested=nested))
+    return True
+
+
+def usage(command: str, schema: type, description: str = "", *, prog: str = "", overrides: Sequence[str] = (),
+          nested: Mapping[str, type] | None = None) -> str:
+    """The usage of a command: what it does, its config groups and options, its keys with defaults and help.
+
+    ``command`` names the config folder (``configs/<command>/``), ``schema`` its dataclass. Defaults are those
+    of the composed config (the YAML and its default group options, plus any ``overrides`` given with
+    ``--help``: ``preset=tiny --help`` shows the tiny preset's values). ``nested`` maps a dotted key whose
+    schema field is untyped (``stage: Any``) to the dataclass that validates it.
+    """
+    prog = prog or f"python -m spine.{command}"
+    groups = config_groups(command)
+    lines = [f"usage: {prog} {'[group=option ...] ' if groups else ''}[key=value ...]", ""]
+    if description.strip():
+        lines += [_plain_text(description), ""]
+    if groups:
+        lines.append("config groups (group=option; default marked *):")
+        width = max(len(name) for name in groups)
+        for name, (options, default) in groups.items():
+            shown = ", ".join(f"{o}*" if o == default else o for o in options)
+            lines.append(f"  {name:<{width}}  {shown}")
+        lines.append("")
+    defaults = _defaults(command, schema, overrides)
+    rows = schema_keys(schema, nested=nested)
+    lines.append("keys (key=value; default, then what it is):")
+    width = min(max((len(key) for key, _, _ in rows), default=0), 28)
+    for key, _, text in rows:
+        value = _format_value(_lookup(defaults, key))
+        lines.append(f"  {key:<{width}}  {value}" + (f"  # {text}" if text else ""))
+    lines += ["", "-h, --help  this text. Overrides are Hydra's: a typo in a key or an option is an error (exit 2)."]
+    return "\n".join(lines)
+
+
+def config_groups(command: str) -> dict[str, tuple[list[str], str | None]]:
+    """``{group: (options, default option)}`` of ``configs/<command>/``: its subfolders and their YAML names."""
+    config_dir = CONFIG_DIR / command
+    defaults = _default_choices(config_dir / f"{command}.yaml")
+    groups = {}
+    for folder in sorted(p for p in config_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        if options:
+            groups[folder.name] = (options, defaults.get(folder.name))
+    return groups
+
+
+def schema_keys(schema: type, prefix: str = "", nested: Mapping[str, type] | None = None
+                ) -> list[tuple[str, dataclasses.Field, str]]:
+    """``(dotted key, field, one-line help)`` of every leaf field of a dataclass schema, nested ones expanded."""
+    nested = nested or {}
+    hints = _type_hints(schema)
+    texts = field_help(schema)
+    rows = []
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        inner = nested.get(key) or hints.get(f.name)
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+            rows += schema_keys(inner, f"{key}.", nested)
+        else:
+            rows.append((key, f, texts.get(f.name, "")))
+    return rows
+
+
+def field_help(schema: type) -> dict[str, str]:
+    """``{field name: help}`` from the ``# comments`` of a dataclass's source: the comment on the field's line,
+    else the comment lines right above it (joined into one line). Empty when the source is not available."""
+    try:
+        source = textwrap.dedent(inspect.getsource(schema))
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    lines = source.splitlines()
+    texts = {}
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        inline = [comments[n] for n in range(node.lineno, (node.end_lineno or node.lineno) + 1)
+                  if n in comments and lines[n - 1].strip()[:1] != "#"]
+        above = []
+        n = node.lineno - 1
+        while n >= 1 and lines[n - 1].strip().startswith("#"):
+            above.insert(0, comments.get(n, ""))
+            n -= 1
+        text = " ".join(inline) or " ".join(above)
+        if text:
+            texts[node.target.id] = text
+    return texts
+
+
+def _type_hints(schema: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(schema)
+    except (NameError, TypeError):  # an annotation that does not resolve: no nesting through it
+        return {}
+
+
+def _default_choices(primary: Path) -> dict[str, str | None]:
+    """``{group: option}`` of the ``defaults`` list of a primary config (``- preset: small``)."""
+    if not primary.is_file():
+        return {}
+    entries = OmegaConf.to_container(OmegaConf.load(primary)).get("defaults") or []
+    choices: dict[str, str | None] = {}
+    for entry in entries:
+        if isinstance(entry, dict):
+            for group, option in entry.items():
+                choices[str(group).split("@")[0].removeprefix("override ").strip("/")] = option
+    return choices
+
+
+def _defaults(command: str, schema: type, overrides: Sequence[str]) -> dict:
+    """The composed config as a plain dict: with ``overrides`` when they compose, else without, else the schema's."""
+    for attempt in (list(overrides), []):
+        try:
+            return OmegaConf.to_container(_compose_node(command, attempt, schema), resolve=True)
+        except ConfigError:
+            continue
+    return OmegaConf.to_container(OmegaConf.structured(schema))
+
+
+def _lookup(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _format_value(value: Any) -> str:
+    """A default as it would be written in an override (``[4.0,4.0]``, ``''``, ``'Sagittal T1'``, ``null``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value if _BARE.fullmatch(value) else repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _plain_text(docstring: str) -> str:
+    """A module docstring for a terminal: without reST's double backquotes."""
+    return inspect.cleandoc(docstring).replace("``", "").strip()
 
 
 def to_yaml(obj: object) -> str:

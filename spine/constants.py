@@ -44,6 +44,9 @@ SEVERITY_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0)  # metric sample weight of
 
 # Series types, as written in *_series_descriptions.csv.
 SERIES_TYPES: tuple[str, ...] = ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")
+# Other spellings of a series type met in listings (after case and spaces are normalised, see
+# `canonical_description`).
+SERIES_VARIANTS: dict[str, str] = {"sagittal t2": "Sagittal T2/STIR", "sagittal stir": "Sagittal T2/STIR"}
 
 # The series on which each condition is labelled in train_label_coordinates.csv.
 CONDITION_SERIES: dict[str, str] = {
@@ -90,3 +93,32 @@ def condition_from_name(name: str) -> str:
 def level_from_name(name: str) -> str:
     """``'L4/L5'`` -> ``'l4_l5'``."""
     return LEVELS[LEVEL_NAMES.index(name)]
+
+
+def _description_key(text: str) -> str:
+    """Case- and space-insensitive key of a series description: ``' SAGITTAL T2 / STIR '`` -> ``'sagittal t2/stir'``."""
+    return " ".join(text.replace("/", " / ").split()).replace(" / ", "/").casefold()
+
+
+_SERIES_BY_KEY: dict[str, str] = {**{_description_key(t): t for t in SERIES_TYPES}, **SERIES_VARIANTS}
+
+
+def canonical_description(text: object) -> tuple[str | None, bool]:
+    """The series type (one of ``SERIES_TYPES``) a description names, and whether it was spelled otherwise.
+
+    Case, stray and repeated spaces do not matter, and the variants of ``SERIES_VARIANTS`` are mapped
+    (``'Sagittal T2'`` -> ``'Sagittal T2/STIR'``). ``(None, False)`` for anything else (also a non-string).
+    """
+    if not isinstance(text, str):
+        return None, False
+    name = _SERIES_BY_KEY.get(_description_key(text))
+    return name, name is not None and text != name
+
+
+def series_type(description: object) -> str:
+    """The series type a description names (`canonical_description`), else the description stripped ('' for
+    a missing one)."""
+    name, _ = canonical_description(description)
+    if name is not None:
+        return name
+    return description.strip() if isinstance(description, str) else ""

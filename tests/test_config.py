@@ -27,3 +27,67 @@ def test_schema_fields_absent_from_the_yaml_can_be_set():
 def test_errors_name_the_problem(override, message):
     with pytest.raises(ConfigError, match=message):
         compose("synth", [override], SynthConfig)
+
+
+# ------------------------------------------------------------------------------------------------ --help
+def _main(module: str):
+    import importlib
+
+    return importlib.import_module(module).main
+
+
+# (main, argv, a "group  options" text or None, a key with its default, a line of the description)
+HELP_CASES = [
+    ("spine.train.__main__", [], ("stage", "grading, landmarks*"), ("epochs", "30"), "Trains one stage"),
+    ("spine.train.__main__", ["stage=grading"], ("model", "grading_3d"), ("stage.crop.size", "[64,64,64]"),
+     "Trains one stage"),
+    ("spine.predict.__main__", [], None, ("batch_size", "32"), "Grades every study"),
+    ("spine.preprocess.__main__", [], None, ("spacing.axial_t2", "[0.8,0.8,3.0]"), "patient volume"),
+    ("spine.synth.__main__", [], ("preset", "realistic, small*, tiny"), ("n_train", "48"), "anatomy"),
+    ("spine.synth.__main__", ["preset=tiny"], ("preset", "tiny"), ("n_train", "4"), "anatomy"),
+    ("spine.synth.preview", [], None, ("study_id", "-1"), "PNG montage"),
+    ("spine.kaggle.__main__", ["build"], None, ("wheels", "installed"), "two Kaggle datasets"),
+    ("spine.kaggle.__main__", ["selftest"], None, ("timeout", "3600"), "headless"),
+]
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize("module, argv, group, key, what", HELP_CASES)
+def test_every_command_explains_itself(module, argv, group, key, what, flag, capsys):
+    import re
+
+    try:
+        code = _main(module)([*argv, flag])
+    except SystemExit as exc:  # compose_or_exit
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 0 and not err, err
+    assert out.startswith("usage: ") and what in out
+    if group:
+        assert re.search(rf"^  {re.escape(group[0])} +.*{re.escape(group[1])}", out, re.M), out
+    name, default = key
+    line = next(ln for ln in out.splitlines() if ln.split()[:1] == [name])
+    assert line.split()[1] == default, line
+    keys = [ln.split()[0] for ln in out.split("keys (")[1].splitlines()[1:] if ln.startswith("  ")]
+    assert len(keys) == len(set(keys)) >= 3
+
+
+def test_help_lines_come_from_the_schema_comments():
+    from spine.config import field_help, schema_keys
+    from spine.preprocess.config import PreprocessConfig
+    from spine.train.config import TrainConfig
+
+    texts = field_help(TrainConfig)
+    assert texts["batch_size"] == "per process"  # a trailing comment
+    assert texts["landmarks"].startswith("grading: the landmark run")  # the comment lines above the field
+    keys = {key: text for key, _, text in schema_keys(PreprocessConfig)}
+    assert "spacing.axial_t2" in keys and "spacing" not in keys  # nested dataclasses as dotted keys
+    assert keys["workers"].startswith("processes")
+
+
+def test_a_bare_word_still_is_an_error_that_points_to_help(capsys):
+    from spine.synth.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["help-me"])
+    assert exc.value.code == 2 and "--help" in capsys.readouterr().err

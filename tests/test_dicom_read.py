@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +249,59 @@ def test_index_world_round_trip_agrees_with_sitk(tmp_path: Path) -> None:
     r, c = OBLIQUE[:, 0], OBLIQUE[:, 1]
     dicom_world = stack.image_positions_lps[k] + x * COL_SPACING * r + y * ROW_SPACING * c
     np.testing.assert_allclose(stack.index_to_world(np.array([x, y, k])), dicom_world, atol=1e-4)
+
+
+def _set_tag(path: Path, keyword: str, value) -> None:
+    """Rewrite one tag of a written file (pydicom warns on NaN / inf decimal strings, and writes them)."""
+    ds = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setattr(ds, keyword, value)
+        ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize(("keyword", "value"), [
+    ("PixelSpacing", ["nan", "0.7"]),
+    ("PixelSpacing", ["inf", "inf"]),
+    ("ImagePositionPatient", ["-40", "inf", "110"]),
+    ("ImageOrientationPatient", ["1", "0", "0", "0", "nan", "0"]),
+    ("RescaleSlope", "nan"),
+])
+def test_non_finite_geometry_skips_the_file_and_keeps_the_series(tmp_path: Path, keyword: str, value) -> None:
+    paths = _write_stack(tmp_path, OBLIQUE, ORIGIN, 3.0 * np.arange(6))
+    _set_tag(paths[2], keyword, value)
+    series = read_series(tmp_path)
+    assert [(Path(s.path).name, s.reason) for s in series.skipped] == [
+        ("002.dcm", f"{keyword} is not finite ({[float(v) for v in np.atleast_1d(value)]})"
+         if keyword != "RescaleSlope" else f"{keyword} is not finite (nan)")]
+    [stack] = series.stacks  # the other five slices, at their true positions (a gap where slice 2 was)
+    assert stack.shape == (5, ROWS, COLS) and stack.instance_numbers == [1, 2, 4, 5, 6]
+    np.testing.assert_allclose(stack.slice_positions - stack.slice_positions[0], [0.0, 3.0, 9.0, 12.0, 15.0],
+                               atol=1e-4)
+    np.testing.assert_allclose(stack.spacing[:2], [COL_SPACING, ROW_SPACING])
+    for k, value_k in zip(range(5), [0, 1, 3, 4, 5]):
+        np.testing.assert_array_equal(stack.pixels[k], _slice_pixels(value_k))
+
+
+def test_slices_of_two_sizes_become_two_full_resolution_stacks(tmp_path: Path) -> None:
+    """Even slices of 12x10 px, odd slices of 6x5 px at twice the pixel spacing: no slice is resized."""
+    big = _write_stack(tmp_path, OBLIQUE, ORIGIN, 6.0 * np.arange(4))
+    r, c = OBLIQUE[:, 0], OBLIQUE[:, 1]
+    n = np.cross(r, c)
+    small_pixels = {k: (500 * (k + 1) + np.arange(30).reshape(6, 5)).astype(np.uint16) for k in range(3)}
+    for k, pixels in small_pixels.items():
+        tags = SliceTags(study_id=1, series_id=7, instance_number=20 + k,
+                         image_position=tuple(np.asarray(ORIGIN) + (3.0 + 6.0 * k) * n),
+                         image_orientation=(*r, *c), pixel_spacing=(2 * ROW_SPACING, 2 * COL_SPACING))
+        write_slice(tmp_path / f"small_{k}.dcm", pixels, tags)
+    series = read_series(tmp_path)
+    assert not series.skipped and [s.shape for s in series.stacks] == [(4, ROWS, COLS), (3, 6, 5)]
+    large, small = series.stacks
+    assert large.source_files == [str(p) for p in big]
+    for k in range(4):
+        np.testing.assert_array_equal(large.pixels[k], _slice_pixels(k))
+    for k in range(3):
+        np.testing.assert_array_equal(small.pixels[k], small_pixels[k])
+    np.testing.assert_allclose(large.spacing, [COL_SPACING, ROW_SPACING, 6.0], atol=1e-4)
+    np.testing.assert_allclose(small.spacing, [2 * COL_SPACING, 2 * ROW_SPACING, 6.0], atol=1e-4)
+    np.testing.assert_allclose(small.origin_lps, np.asarray(ORIGIN) + 3.0 * n, atol=1e-4)

@@ -15,6 +15,7 @@ from spine.models.grading import ConditionQueryHead
 
 TINY = ("grading_3d_tiny", "grading_25d_tiny", "grading_3d_small")
 DEFAULT = ("grading_3d", "grading_25d")
+VIEWS = ("grading_views_tiny", "grading_views_small", "grading_views")  # read views: tests/test_views.py
 CROP = (32, 32, 32)
 
 
@@ -27,8 +28,8 @@ def _inputs(n: int = 2, crop=CROP, seed: int = 0):
 
 
 def test_registry_lists_every_grading_model():
-    assert set(TINY + DEFAULT) <= set(list_models("grading*"))
-    assert set(list_models("grading*")) <= set(TINY + DEFAULT)  # a new model: add it to the tests below
+    assert set(TINY + DEFAULT + VIEWS) <= set(list_models("grading*"))
+    assert set(list_models("grading*")) <= set(TINY + DEFAULT + VIEWS)  # a new model: add it to the tests
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -41,17 +41,19 @@ def rotation(ax: float, ay: float, az: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def write_stack(folder: Path, rot: np.ndarray, origin, positions, *, shear=(0.0, 0.0), first_instance=1) -> None:
-    """One slice per position (mm along n from origin); slice k is shifted in-plane by k * shear (mm, along r, c)."""
+def write_stack(folder: Path, rot: np.ndarray, origin, positions, *, shear=(0.0, 0.0), first_instance=1,
+                shape=(ROWS, COLS), pixel_spacing=PIXEL_SPACING) -> None:
+    """One slice per position (mm along n from origin); slice k is shifted in-plane by k * shear (mm, along r, c).
+    ``shape``: (rows, columns); ``pixel_spacing``: (row, column) mm."""
     r, c = rot[:, 0], rot[:, 1]
     n = np.cross(r, c)
     for k, s in enumerate(positions):
         ipp = np.asarray(origin, float) + s * n + k * (shear[0] * r + shear[1] * c)
-        y, x = np.mgrid[0:ROWS, 0:COLS]
-        world = ipp + x[..., None] * PIXEL_SPACING[1] * r + y[..., None] * PIXEL_SPACING[0] * c
+        y, x = np.mgrid[0:shape[0], 0:shape[1]]
+        world = ipp + x[..., None] * pixel_spacing[1] * r + y[..., None] * pixel_spacing[0] * c
         stored = np.rint(field(world) / SLOPE).astype(np.uint16)
         tags = SliceTags(study_id=1, series_id=2, instance_number=first_instance + k, image_position=tuple(ipp),
-                         image_orientation=(*r, *c), pixel_spacing=PIXEL_SPACING, rescale=(SLOPE, 0.0))
+                         image_orientation=(*r, *c), pixel_spacing=pixel_spacing, rescale=(SLOPE, 0.0))
         write_slice(folder / f"{first_instance + k}.dcm", stored, tags)
 
 
@@ -157,6 +159,67 @@ def test_single_slice_series_is_refused_and_short_stacks_left_out(tmp_path: Path
     write_stack(tmp_path / "mixed", rotation(30, 0, 0), (0, 0, 50.0), [0.0], first_instance=10)
     volume = make_volume(read_series(tmp_path / "mixed"), GRID_SPACING)
     assert len(volume.stacks) == 1 and "left out 1 stack" in volume.notes[0]
+
+
+SAGITTAL = np.column_stack([(0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (-1.0, 0.0, 0.0)])  # r, c, n = r x c (LPS)
+
+
+def same_volume(a, b) -> None:
+    """Two volumes with the same grid, voxels and coverage."""
+    assert a.grid.size == b.grid.size
+    np.testing.assert_array_equal(a.grid.origin, b.grid.origin)
+    np.testing.assert_array_equal(a.grid.spacing, b.grid.spacing)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a.image), sitk.GetArrayViewFromImage(b.image))
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a.mask), sitk.GetArrayViewFromImage(b.mask))
+
+
+def test_axial_slices_inside_a_sagittal_series_are_left_out(tmp_path: Path) -> None:
+    """5 sagittal slices and 8 axial ones in one series: the description decides, else the majority of slices."""
+    write_stack(tmp_path / "sagittal", SAGITTAL, (10.0, -20.0, 30.0), 4.0 * np.arange(5))
+    write_stack(tmp_path / "mixed", SAGITTAL, (10.0, -20.0, 30.0), 4.0 * np.arange(5))
+    write_stack(tmp_path / "mixed", rotation(0, 0, 0), (-30.0, -40.0, -60.0), 4.0 * np.arange(8),
+                first_instance=20)
+    write_stack(tmp_path / "axial", rotation(0, 0, 0), (-30.0, -40.0, -60.0), 4.0 * np.arange(8),
+                first_instance=20)
+    mixed = read_series(tmp_path / "mixed")
+    assert len(mixed.stacks) == 2
+    spacing = (3.0, 0.8, 0.8)
+    volume = make_volume(mixed, spacing, description="Sagittal T1")
+    assert [s.n_slices for s in volume.stacks] == [5]
+    assert volume.notes == ["left out 1 stack(s) of another orientation (axial 8 slices): the series is sagittal "
+                            "(named by the description 'Sagittal T1')"]
+    same_volume(volume, make_volume(read_series(tmp_path / "sagittal"), spacing))  # the grid does not grow
+    # no description: the orientation of most slices; a description naming an orientation no stack has: the same
+    for description, why in [(None, "the orientation of most slices"),
+                             ("Coronal STIR", "the description 'Coronal STIR' names coronal, which no stack has")]:
+        volume = make_volume(mixed, spacing, description=description)
+        assert [s.n_slices for s in volume.stacks] == [8] and why in volume.notes[0], volume.notes
+        assert "left out 1 stack(s) of another orientation (sagittal 5 slices): the series is axial" in volume.notes[0]
+        same_volume(volume, make_volume(read_series(tmp_path / "axial"), spacing))
+
+
+def test_smaller_stack_overlapping_a_larger_one_is_left_out(tmp_path: Path) -> None:
+    """Slices of two matrix sizes interleaved in one series: the larger stack alone, at its own resolution."""
+    big = dict(shape=(ROWS, COLS), pixel_spacing=PIXEL_SPACING)
+    small = dict(shape=(8, 9), pixel_spacing=(2.0 * PIXEL_SPACING[0], 2.0 * PIXEL_SPACING[1]), first_instance=30)
+    write_stack(tmp_path / "big", SAGITTAL, (0.0, 0.0, 0.0), 6.0 * np.arange(7), **big)
+    write_stack(tmp_path / "mixed", SAGITTAL, (0.0, 0.0, 0.0), 6.0 * np.arange(7), **big)
+    write_stack(tmp_path / "mixed", SAGITTAL, (0.0, -3.0, 2.0), 3.0 + 6.0 * np.arange(6), **small)
+    mixed = read_series(tmp_path / "mixed")
+    assert [s.shape for s in mixed.stacks] == [(7, ROWS, COLS), (6, 8, 9)] and not mixed.skipped
+    volume, *_ = check_linear_field(tmp_path / "big", 1)
+    kept = make_volume(mixed, GRID_SPACING)
+    assert kept.notes == ["left out 1 smaller stack(s) overlapping a larger one of the same orientation "
+                          f"(6 slices of 9x8 px overlapping 7 slices of {COLS}x{ROWS} px)"]
+    same_volume(kept, volume)
+    # the same two sizes as blocks one after the other along the normal, or at another angle: both kept
+    write_stack(tmp_path / "blocks", SAGITTAL, (0.0, 0.0, 0.0), 6.0 * np.arange(7), **big)
+    write_stack(tmp_path / "blocks", SAGITTAL, (0.0, 0.0, 0.0), 42.0 + 6.0 * np.arange(6), **small)
+    write_stack(tmp_path / "angled", rotation(0, 0, 0), (0.0, 0.0, 0.0), 6.0 * np.arange(7), **big)
+    write_stack(tmp_path / "angled", rotation(20, 0, 0), (0.0, 0.0, 6.0), 6.0 * np.arange(6), **small)
+    for folder in ("blocks", "angled"):
+        volume, *_ = check_linear_field(tmp_path / folder, 2)
+        assert len(volume.stacks) == 2 and not volume.notes, (folder, volume.notes)
 
 
 def test_grid_larger_than_max_voxels_is_refused(tmp_path: Path) -> None:

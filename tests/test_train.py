@@ -103,7 +103,7 @@ def test_resume_after_a_kill_gives_the_same_state(cache_dir, tmp_path, monkeypat
     assert main([*common, f"run_dir={tmp_path / 'killed'}", "resume=true"]) == 0
 
     a, b = tmp_path / "straight" / "fold1", tmp_path / "killed" / "fold1"
-    for name in ("model.safetensors", "last.safetensors", "last_ema.safetensors"):
+    for name in ("model.safetensors", "last.e0002.safetensors", "last_ema.e0002.safetensors"):
         wa, wb = _weights(a / name), _weights(b / name)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
     ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
@@ -112,6 +112,46 @@ def test_resume_after_a_kill_gives_the_same_state(cache_dir, tmp_path, monkeypat
     pd.testing.assert_series_equal(ma["val/median_mm"], mb["val/median_mm"])
     assert (b / "oof.csv").read_text() == (a / "oof.csv").read_text()
     assert main([*common, f"run_dir={tmp_path / 'killed'}", "resume=true"]) == 0  # finished: nothing to do
+
+
+def test_a_kill_between_the_weights_and_the_checkpoint_keeps_the_previous_epoch(cache_dir, tmp_path, monkeypatch,
+                                                                              capsys):
+    """The second epoch's weights are written, then the save dies before checkpoint.pt: the first epoch's pair
+    is still whole, and resume continues from it to the very weights of an uninterrupted run."""
+    from spine.train import checkpoint
+
+    common = [*TINY, f"cache_dir={cache_dir}", "fold=1", "epochs=2", "ema=0.9"]
+    assert main([*common, f"run_dir={tmp_path / 'straight'}"]) == 0
+    save_torch = checkpoint.save_torch
+
+    def die_before_the_state_of_epoch_2(obj, path):
+        if isinstance(obj, dict) and obj.get("epoch") == 1:
+            raise _Killed
+        save_torch(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save_torch", die_before_the_state_of_epoch_2)
+    with pytest.raises(_Killed):
+        main([*common, f"run_dir={tmp_path / 'killed'}"])
+    monkeypatch.setattr(checkpoint, "save_torch", save_torch)
+    fold = tmp_path / "killed" / "fold1"
+    assert (fold / "last.e0001.safetensors").is_file()  # the new weights, beside the pair of the first epoch
+    pair = checkpoint.checkpoint_weights(fold)
+    assert {k: checkpoint.weights_epoch(p) for k, p in pair.items()} == {"last": 0, "last_ema": 0}
+    capsys.readouterr()
+
+    assert main([*common, f"run_dir={tmp_path / 'killed'}", "resume=true"]) == 0
+    assert "resuming after epoch 1 of 2" in capsys.readouterr().out
+    a, b = tmp_path / "straight" / "fold1", fold
+    for name in ("model.safetensors", "last.e0001.safetensors", "last_ema.e0001.safetensors"):
+        wa, wb = _weights(a / name), _weights(b / name)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+    pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv").drop(columns=_TIMES),
+                                  pd.read_csv(b / "metrics.csv").drop(columns=_TIMES))
+    left = sorted(p.name for p in b.iterdir() if p.name.startswith(("last", ".")))
+    assert left == ["last.e0001.safetensors", "last_ema.e0001.safetensors"]  # stale pairs and temp files gone
+
+
+_TIMES = ["train/samples_per_s", "train/data_s_per_batch", "train/step_s_per_batch", "epoch_s"]
 
 
 def test_fold_all_writes_a_complete_run_folder(cache_dir, tmp_path):
@@ -163,7 +203,9 @@ def _ddp_worker(rank: int, overrides: list[str], port: int, out: str) -> None:
         metrics = fit(cfg, stage, fold, folder, rt)
         from safetensors.torch import load_file
 
-        w = load_file(str(Path(folder) / "last.safetensors"))
+        from spine.train.checkpoint import checkpoint_weights
+
+        w = load_file(str(checkpoint_weights(folder)["last"]))
         Path(out, f"rank{rank}.txt").write_text(repr(sum(float(v.double().sum()) for v in w.values())))
         return metrics
 

@@ -1,11 +1,19 @@
-"""The grading dataset: for each study, one multi-series crop per disc level and the 5 x 5 grades.
+"""The grading dataset: for each study, the model input of every disc level and the 5 x 5 grades.
 
 An item is a whole study (the metric's any-severe-spinal part needs all five levels of a study in one
-batch): ``image`` (L, C, X, Y, Z) = 5 levels x channels (series types) x the crop grid. Crop centres come
-from label points (training) or from the landmark stage's predictions (validation, test, inference), see
-:mod:`spine.data.crops`. Training crops move like the landmark model errs (:class:`RandomCropAugment`):
-Gaussian jitter of each centre, an occasional one-level shift, small rotations and zooms, and a mirror
-across the sagittal midline that swaps the left and right labels.
+batch). Two kinds of input, one per model family:
+
+- crops (``views=None``): ``image`` (L, C, X, Y, Z) = 5 levels x channels (series types) x one co-registered
+  crop grid (:mod:`spine.data.crops`). Training crops move like the landmark model errs
+  (:class:`RandomCropAugment`): Gaussian jitter of each centre, an occasional one-level shift, small
+  rotations and zooms, and a mirror across the sagittal midline that swaps the left and right labels.
+- views (a :class:`~spine.data.views.ViewSet`): ``image`` (L, K, V, S, H, W) = levels x conditions x views x
+  slices (:func:`spine.data.views.build_views`, the builder ``spine-predict`` uses too). Training points move
+  like the landmark run erred (:class:`RandomPointAugment`: whole-study error draws from its out-of-fold
+  predictions), plus small rotations and zooms of every view.
+
+Points come from the labels (training) or from the landmark stage's predictions (validation, test,
+inference).
 
 Grades: ``target`` (L, K) int64, class index into ``SEVERITIES`` or -1 where unlabelled; conditions in
 ``CONDITIONS`` order.
@@ -23,10 +31,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from spine.constants import CONDITIONS, LEVELS, SEVERITIES, label_column
+from spine.constants import CONDITIONS, LEVELS, SEVERITIES, label_column, series_type
 from spine.data.crops import CropVolume, crop_grid, fill_centres, level_axes, level_centres, sample_crop
 from spine.data.landmarks import truth_table
 from spine.data.transforms import GridAffine, IntensityAugment, RandomGridAffine, lr_swap_permutation
+from spine.data.views import ViewSet, build_views
 
 # target[:, CONDITION_SWAP] relabels the conditions of a crop mirrored left <-> right
 CONDITION_SWAP = lr_swap_permutation([(c, "") for c in CONDITIONS])
@@ -49,6 +58,20 @@ def label_table(labels: pd.DataFrame, study_ids: Sequence[int]) -> np.ndarray:
     return out
 
 
+def point_table(points: pd.DataFrame, study_ids: Sequence[int]) -> np.ndarray:
+    """``(n, K, L, 3)`` points of every condition and level (LPS mm, NaN where missing); ``points`` as in
+    :func:`centre_table`."""
+    table = truth_table(points, [int(s) for s in study_ids], CONDITIONS)  # (n, K * L, 3), conditions-major
+    return table.reshape(len(study_ids), len(CONDITIONS), len(LEVELS), 3)
+
+
+def landmark_errors(predicted: pd.DataFrame, truth: pd.DataFrame, study_ids: Sequence[int]) -> np.ndarray:
+    """``(m, K, L, 3)`` predicted minus true points (world mm) of the studies that have both, NaN where a
+    point lacks either: the landmark run's own error pattern, one row per study (level slips included)."""
+    errors = point_table(predicted, study_ids) - point_table(truth, study_ids)
+    return errors[np.isfinite(errors).all(-1).any(axis=(1, 2))]
+
+
 def centre_table(points: pd.DataFrame, study_ids: Sequence[int]) -> np.ndarray:
     """``(n, L, 3)`` level centres (LPS mm, NaN where a study has no point at a level).
 
@@ -56,8 +79,7 @@ def centre_table(points: pd.DataFrame, study_ids: Sequence[int]) -> np.ndarray:
     competition's spelling of condition and level: coordinates.csv of the cache, or the landmark stage's
     oof.csv / test.csv. Duplicate rows are averaged.
     """
-    table = truth_table(points, [int(s) for s in study_ids], CONDITIONS)  # (n, K * L, 3), conditions-major
-    table = table.reshape(len(study_ids), len(CONDITIONS), len(LEVELS), 3)
+    table = point_table(points, study_ids)
     return np.stack([level_centres(t) for t in table]) if len(table) else np.zeros((0, len(LEVELS), 3))
 
 
@@ -106,6 +128,51 @@ class RandomCropAugment:
         return CropAugment(tuple(tuple(float(v) for v in o) for o in offsets), tuple(int(s) for s in shift), affine)
 
 
+@dataclass(frozen=True)
+class PointAugment:
+    """Deterministic: add ``offsets_mm`` (K, L, 3) world mm to the points; rotate and zoom every view about
+    its centre (``affine``: its mirror and translation are unused)."""
+
+    offsets_mm: np.ndarray
+    affine: GridAffine
+
+    def points(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(points, dtype=np.float64) + self.offsets_mm
+
+
+@dataclass(frozen=True)
+class RandomPointAugment:
+    """Samples a :class:`PointAugment` that moves the points like the landmark run errs.
+
+    ``errors`` ``(m, K, L, 3)`` (:func:`landmark_errors`): one study's errors are drawn whole (so a level slip
+    moves all of that level's points together, as it does in the landmark model), NaN entries replaced by
+    Gaussian ``jitter_mm``; without errors every point gets Gaussian ``jitter_mm`` and, with probability
+    ``level_shift`` per level, the error of a one-level slip (the neighbouring level's offset).
+    ``rotate_deg`` / ``scale``: uniform rotation (per world axis) and zoom, one draw per study.
+    """
+
+    errors: np.ndarray | None = None
+    jitter_mm: float = 2.5
+    level_shift: float = 0.02
+    rotate_deg: tuple[float, float, float] = (10.0, 10.0, 10.0)
+    scale: float = 0.1
+
+    def sample(self, rng: np.random.Generator, points: np.ndarray) -> PointAugment:
+        k, n_levels = points.shape[:2]
+        gauss = rng.normal(0.0, self.jitter_mm, (k, n_levels, 3))
+        if self.errors is not None and len(self.errors):
+            drawn = self.errors[int(rng.integers(len(self.errors)))]
+            offsets = np.where(np.isfinite(drawn), drawn, gauss)
+        else:
+            offsets = gauss
+            centres = fill_centres(level_centres(points)) if np.isfinite(points).all(-1).any() else None
+            for lv in np.flatnonzero(rng.random(n_levels) < self.level_shift) if centres is not None else []:
+                other = int(np.clip(lv + rng.choice([-1, 1]), 0, n_levels - 1))
+                offsets[:, lv] += centres[other] - centres[lv]
+        affine = RandomGridAffine(self.rotate_deg, self.scale, (0.0, 0.0, 0.0), 0.0).sample(rng)
+        return PointAugment(offsets, affine)
+
+
 # ---------------------------------------------------------------------------------------------- dataset
 class GradingDataset(Dataset):
     """Items: ``image`` (L, C, X, Y, Z) float32, ``present`` (C,) bool, ``target`` (L, K) int64,
@@ -120,15 +187,24 @@ class GradingDataset(Dataset):
             with no centre at all cannot be cropped and raises when accessed.
         series: channel order (series descriptions).
         size, crop_mm, align: the crop grid (:func:`spine.data.crops.crop_grid`, :func:`level_axes`).
-        augment, intensity: training randomness, or None (evaluation).
+        augment, intensity: training randomness, or None (evaluation): a :class:`RandomCropAugment` for
+            crops, a :class:`RandomPointAugment` for views.
         seed: with the epoch and the index, fixes each item's random draws.
+        views, points: per-condition views instead of crops (``image`` (L, K, V, S, H, W)): the
+            :class:`~spine.data.views.ViewSet` and the ``(n, K, L, 3)`` points (LPS mm, NaN where missing)
+            they are centred on (``centres`` is then only reported).
     """
 
     def __init__(self, cache, study_ids: Sequence[int], labels: np.ndarray, centres: np.ndarray,
                  series: Sequence[str], size: Sequence[int], crop_mm: Sequence[float], align: bool = True,
                  percentiles: Sequence[float] = (1.0, 99.0), augment: RandomCropAugment | None = None,
-                 intensity: IntensityAugment | None = None, seed: int = 0, max_open: int = 256):
+                 intensity: IntensityAugment | None = None, seed: int = 0, max_open: int = 256,
+                 views: ViewSet | None = None, points: np.ndarray | None = None):
         self.cache = cache
+        self.views = views
+        self.points = None if points is None else np.asarray(points, dtype=np.float64)
+        if views is not None and (self.points is None or len(self.points) != len(study_ids)):
+            raise ValueError("views need points: one (K, L, 3) table per study")
         self.study_ids = [int(s) for s in study_ids]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.centres = np.asarray(centres, dtype=np.float64)
@@ -158,6 +234,8 @@ class GradingDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """``dataset[index]`` or ``dataset[(epoch, index)]`` (what the training sampler yields)."""
         epoch, index = key if isinstance(key, tuple) else (None, key)
+        if self.views is not None:
+            return self._views_item(index, epoch)
         study = self.study_ids[index]
         volumes = [self.volume(study, desc) for desc in self.series]
         rng = np.random.default_rng(self.item_seed(index, epoch))
@@ -191,9 +269,33 @@ class GradingDataset(Dataset):
             "index": torch.tensor(index, dtype=torch.int64),
         }
 
+    def _views_item(self, index: int, epoch: int | None) -> dict:
+        study = self.study_ids[index]
+        rng = np.random.default_rng(self.item_seed(index, epoch))
+        points, affine = self.points[index], None
+        if self.augment is not None:
+            twin = self.augment.sample(rng, points)
+            points, affine = twin.points(points), twin.affine
+        volumes = {desc: self.volume(study, desc) for desc in self.views.series}
+        views, present = build_views(volumes, points, self.views, self.align, affine)
+        image = torch.from_numpy(views)  # (L, K, V, S, H, W)
+        if self.intensity is not None:
+            seeds = rng.integers(2**31, size=len(image))
+            image = torch.stack([self.intensity(v.flatten(0, 1), int(s))[0].float().view(v.shape)
+                                 for v, s in zip(image, seeds)])
+        return {
+            "image": image.contiguous(),
+            "present": torch.from_numpy(present),
+            "target": torch.from_numpy(self.labels[index].copy()),
+            "centre": torch.from_numpy(fill_centres(level_centres(points))),
+            "flip": torch.tensor(False),
+            "study_id": torch.tensor(study, dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+
     def volume(self, study: int, description: str) -> CropVolume | None:
         """The study's first ok series of that type, memory-mapped, with its intensity range (cached)."""
-        series = self._series_ids.get((study, description))
+        series = self._series_ids.get((study, series_type(description)))
         if series is None:
             return None
         key = (study, series)

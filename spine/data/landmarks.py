@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from spine.constants import CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS
+from spine.constants import CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS, series_type
 from spine.data.grid import SamplingGrid, image_from_array
 from spine.data.transforms import IntensityAugment, RandomGridAffine, lr_swap_permutation
 
@@ -138,7 +138,7 @@ class LandmarkDataset(Dataset):
     # ---- volumes
     def _prepared(self, study: int, description: str):
         """(array [i, j, k] normalised, origin, spacing) of the study's first series of that type, or None."""
-        series = self._series_ids.get((study, description))
+        series = self._series_ids.get((study, series_type(description)))
         if not series:
             return None
         key = (study, series[0])
@@ -210,7 +210,7 @@ def normalise(array: np.ndarray, percentiles: Sequence[float] = (1, 99)) -> np.n
 
 def studies_with_series(cache, study_ids: Sequence[int], series: Sequence[str]) -> tuple[list[int], list[int]]:
     """Split studies into (usable, skipped): usable ones have at least one requested ok series."""
-    ok = cache.series[(cache.series.status == "ok") & cache.series.description.isin(list(series))]
+    ok = cache.series[(cache.series.status == "ok") & cache.series.description.isin([series_type(d) for d in series])]
     have = set(int(s) for s in ok.study_id)
     usable = [int(s) for s in study_ids if int(s) in have]
     return usable, [int(s) for s in study_ids if int(s) not in have]

@@ -29,8 +29,11 @@ Decisions:
   IPPs, `to_sitk` refuses them, and `split_uniform_runs` cuts them where the step changes.
 - A single-slice stack takes its k spacing from SliceThickness (1 mm if absent) and has
   `step_from_ipp = False`: the caller decides whether a 1-slice "volume" is usable.
-- Unreadable, non-DICOM, pixel-less or geometry-less files are skipped and listed with a reason; a
-  folder with nothing usable raises `SeriesReadError`.
+- Unreadable, non-DICOM, pixel-less or geometry-less files are skipped and listed with a reason, and so
+  are files (or frames) whose PixelSpacing, IPP, IOP, RescaleSlope or RescaleIntercept is NaN or infinite
+  (or PixelSpacing not positive); a folder with nothing usable raises `SeriesReadError`.
+- Slices of another matrix size (Rows/Columns) or pixel spacing are another stack, never resized: which stacks
+  make a volume is the volume builder's decision (`spine.preprocess.volume.select_stacks`).
 """
 
 from __future__ import annotations
@@ -355,25 +358,46 @@ def _frames_of_dataset(ds: Dataset, path: str) -> tuple[list[_Frame], list[Skipp
 def _frame_geometry(ds: Dataset, index: int) -> tuple:
     """(IPP, unit IOP, PixelSpacing, slope, intercept, SliceThickness) of one frame."""
     items = _functional_groups(ds, index)
-    ipp = _frame_value(ds, items, "PlanePositionSequence", "ImagePositionPatient")
-    iop = _frame_value(ds, items, "PlaneOrientationSequence", "ImageOrientationPatient")
-    spacing = _frame_value(ds, items, "PixelMeasuresSequence", "PixelSpacing")
-    if ipp is None or len(ipp) != 3:
-        raise _Skip("missing or malformed ImagePositionPatient")
-    if iop is None or len(iop) != 6:
-        raise _Skip("missing or malformed ImageOrientationPatient")
-    if spacing is None or len(spacing) != 2 or min(float(v) for v in spacing) <= 0:
-        raise _Skip("missing or invalid PixelSpacing")
-    ipp_arr = np.array([float(v) for v in ipp])
-    if not np.all(np.isfinite(ipp_arr)):
-        raise _Skip("ImagePositionPatient is not finite")
-    slope = _float_or_none(_frame_value(ds, items, "PixelValueTransformationSequence", "RescaleSlope"))
-    intercept = _float_or_none(_frame_value(ds, items, "PixelValueTransformationSequence", "RescaleIntercept"))
+    ipp = _finite_values(_frame_value(ds, items, "PlanePositionSequence", "ImagePositionPatient"), 3,
+                         "ImagePositionPatient")
+    iop = _finite_values(_frame_value(ds, items, "PlaneOrientationSequence", "ImageOrientationPatient"), 6,
+                         "ImageOrientationPatient")
+    spacing = _finite_values(_frame_value(ds, items, "PixelMeasuresSequence", "PixelSpacing"), 2, "PixelSpacing")
+    if spacing.min() <= 0:
+        raise _Skip(f"PixelSpacing is not positive ({spacing.tolist()})")
+    slope = _finite_or_none(_frame_value(ds, items, "PixelValueTransformationSequence", "RescaleSlope"),
+                            "RescaleSlope")
+    intercept = _finite_or_none(_frame_value(ds, items, "PixelValueTransformationSequence", "RescaleIntercept"),
+                                "RescaleIntercept")
     thickness = _float_or_none(_frame_value(ds, items, "PixelMeasuresSequence", "SliceThickness"))
-    return (ipp_arr, _unit_iop(iop), (float(spacing[0]), float(spacing[1])),
+    return (ipp, _unit_iop(iop), (float(spacing[0]), float(spacing[1])),
             slope or 1.0,  # absent (or a nonsensical 0) slope means identity
             intercept or 0.0,
-            thickness if thickness and thickness > 0 else None)
+            thickness if thickness and thickness > 0 else None)  # NaN > 0 is False: information only
+
+
+def _finite_values(value, count: int, keyword: str) -> np.ndarray:
+    """The ``count`` numbers of a multi-valued geometry tag; `_Skip` naming the tag if missing, malformed or
+    not finite (NaN / inf would put the slice nowhere, or everywhere, in world space)."""
+    if value is None:
+        raise _Skip(f"missing {keyword}")
+    try:
+        values = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as exc:  # a single number, or text that is not a number
+        raise _Skip(f"malformed {keyword} ({type(exc).__name__}: {exc})") from None
+    if values.shape != (count,):
+        raise _Skip(f"malformed {keyword}: {values.size} values where {count} are expected")
+    if not np.isfinite(values).all():
+        raise _Skip(f"{keyword} is not finite ({values.tolist()})")
+    return values
+
+
+def _finite_or_none(value, keyword: str) -> float | None:
+    """A single number (None when absent or malformed); `_Skip` when it is NaN or infinite."""
+    number = _float_or_none(value)
+    if number is not None and not math.isfinite(number):
+        raise _Skip(f"{keyword} is not finite ({number})")
+    return number
 
 
 def _functional_groups(ds: Dataset, index: int) -> list[Dataset]:
@@ -403,10 +427,10 @@ def _frame_value(ds: Dataset, items: list[Dataset], group: str, keyword: str):
 
 def _unit_iop(iop) -> np.ndarray:
     """IOP as two unit vectors (6,); refuses zero or non-perpendicular row/column cosines."""
-    values = np.array([float(v) for v in iop])
+    values = np.asarray(iop, dtype=np.float64)  # finite: checked by `_finite_values`
     r, c = values[:3], values[3:]
     nr, nc = np.linalg.norm(r), np.linalg.norm(c)
-    if not (np.isfinite(values).all() and nr > 0.5 and nc > 0.5):
+    if not (nr > 0.5 and nc > 0.5):
         raise _Skip(f"invalid ImageOrientationPatient {values.tolist()}")
     r, c = r / nr, c / nc
     if abs(float(r @ c)) > IOP_TOL:

@@ -13,18 +13,30 @@ import sys
 from spine.config import compose_or_exit
 
 USAGE = __doc__.split("\n\n")[1].rstrip()
+BUILD_HELP = """python -m spine.kaggle build: the two Kaggle datasets and the notebook of an offline submission.
+
+Writes into out/: code/ (the spine wheel plus the wheels of the dependencies the Kaggle image lacks, repacked
+from this environment), weights/ (the run folders, inference files only), inference.ipynb (installs spine with
+pip install --no-index and runs spine-predict), kernel-metadata.json and a README with the upload commands.
+docs/kaggle.md."""
+SELFTEST_HELP = """python -m spine.kaggle selftest: run a build's notebook as Kaggle would, on this machine.
+
+Executes inference.ipynb headless in a fresh venv on a fake /kaggle tree (the build's datasets and the test
+split of data_dir), checks that spine and the bundled wheels were installed from the bundle, and scores the
+submission against the test labels. docs/kaggle.md, "Self-test"."""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(f"usage: python -m spine.kaggle COMMAND key=value ...\n\n{USAGE}\n\ndocs/kaggle.md has the keys.")
+        print(f"usage: python -m spine.kaggle COMMAND key=value ...\n\n{USAGE}\n\n"
+              "python -m spine.kaggle COMMAND --help lists its keys; docs/kaggle.md explains them.")
         return 0 if args else 2
     command, overrides = args[0], args[1:]
     if command == "build":
         from spine.kaggle.config import BuildConfig
 
-        cfg = compose_or_exit("kaggle_build", overrides, BuildConfig)
+        cfg = compose_or_exit("kaggle_build", overrides, BuildConfig, BUILD_HELP, prog="python -m spine.kaggle build")
         from spine.kaggle.build import BuildError, build
         from spine.kaggle.wheels import WheelError
 
@@ -37,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "selftest":
         from spine.kaggle.config import SelftestConfig
 
-        cfg = compose_or_exit("kaggle_selftest", overrides, SelftestConfig)
+        cfg = compose_or_exit("kaggle_selftest", overrides, SelftestConfig, SELFTEST_HELP,
+                              prog="python -m spine.kaggle selftest")
         from spine.kaggle.selftest import SelftestError, selftest
 
         try:

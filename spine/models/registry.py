@@ -91,4 +91,5 @@ def _entrypoint(name: str) -> Callable[..., Any]:
 def _load_builtin() -> None:
     """Import the modules whose constructors register themselves (once)."""
     import spine.models.grading  # noqa: F401
+    import spine.models.grading_views  # noqa: F401
     import spine.models.landmarks  # noqa: F401

@@ -1,5 +1,10 @@
 """``spine-predict data_dir=DIR runs=[LANDMARK_RUN,GRADING_RUN,...] out=submission.csv [key=value ...]``.
 
+Grades every study of ``<split>_series_descriptions.csv``: DICOM series -> volumes in memory (the preprocessing
+of training) -> disc levels (landmark runs) -> per-level crops -> severity probabilities (grading runs, mean over
+folds and runs, calibrated), 25 rows per study, written atomically to ``out``. A study that cannot be graded
+gets the training priors, and the per-study log (``<out stem>.log.csv``) says why.
+
 Also ``python -m spine.predict ...``. Keys: spine/predict/config.py; docs/inference.md. Exit codes: 0 written
 (also when studies fell back to the priors: see the log), 1 nothing can be predicted (no runs, a run without
 finished folds, no <split>_series_descriptions.csv), 2 bad config.
@@ -9,13 +14,16 @@ from __future__ import annotations
 
 import sys
 
-from spine.config import ConfigError, compose
+from spine.config import ConfigError, compose, show_help
 from spine.predict.config import PredictConfig
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if show_help(args, "predict", PredictConfig, __doc__, prog="spine-predict"):
+        return 0
     try:
-        cfg = compose("predict", sys.argv[1:] if argv is None else list(argv), PredictConfig)
+        cfg = compose("predict", args, PredictConfig)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ class PredictConfig:
     workers: int = 0  # processes reading DICOM and building volumes ahead of the models; 0 = in this process
     cache_dir: str = ""  # optional preprocessing cache: its volumes are used where it has the study
     log: str = ""  # per-study CSV log; empty: next to out, <out stem>.log.csv
-    progress: bool = True  # tqdm progress bar (on a terminal)
+    progress: bool = True  # progress bar on a terminal; in a log file, a line every ~10%
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:

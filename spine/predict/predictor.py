@@ -30,13 +30,17 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from spine.constants import (CONDITIONS, LABEL_COLUMNS, LEVEL_NAMES, LEVELS, PROB_COLUMNS, SERIES_TYPES, parse_row_id,
-                             study_row_ids)
+                             series_type, study_row_ids)
+from spine.io import tables
+from spine.procs import exit_with_parent
+from spine.progress import progress
 
 __all__ = ["Issue", "PredictError", "Predictor", "StudyInfo", "Volume", "VolumeSpec", "load_volumes",
            "predict", "read_listing"]
@@ -189,7 +193,7 @@ def load_volumes(study_id: int, series: dict[str, Sequence], specs: Sequence[Vol
                 if isinstance(dicom, Exception):
                     raise dicom
                 made = make_volume(dicom, spec.spacing_mm, min_slices=spec.min_slices,
-                                   max_gap_factor=spec.max_gap_factor)
+                                   max_gap_factor=spec.max_gap_factor, description=spec.description)
             except Exception as exc:  # noqa: BLE001 - the next series of the type may do
                 text = str(exc).replace(str(Path(folder)), Path(folder).name)  # no long paths in the log
                 failures.append(f"series {Path(folder).name}: {_first_lines(text)}")
@@ -205,6 +209,9 @@ def load_volumes(study_id: int, series: dict[str, Sequence], specs: Sequence[Vol
                 issues.append(Issue("skipped files", f"{spec.description} series {Path(folder).name}: "
                                     f"{len(skipped)} left out, e.g. {Path(first.path).name}: "
                                     f"{_first_lines(first.reason, 80)}", "note"))
+            if made.notes:  # what the volume builder left out or resampled specially: the input was altered
+                issues.append(Issue("volume notes", f"{spec.description} series {Path(folder).name}: "
+                                    f"{_first_lines('; '.join(made.notes), 240)}", "note"))
             break
         if not uses[spec.description]:  # no other spec needs these pixels: free them now
             for folder in folders:
@@ -256,9 +263,19 @@ class Run:
     def stage(self) -> str:
         return self.cfg.stage.name
 
+    @cached_property
+    def views(self):
+        """The :class:`~spine.data.views.ViewSet` when the run's model reads per-condition views, else None."""
+        if self.stage != "grading" or "view_shape" not in getattr(self.models[0], "spine_kwargs", {}):
+            return None
+        from spine.data.views import ViewSet
+
+        return ViewSet.from_config(self.cfg.stage.views)
+
     @property
     def specs(self) -> list[VolumeSpec]:
-        return [VolumeSpec.of(d, self.params) for d in self.cfg.stage.series]
+        series = self.views.series if self.views is not None else self.cfg.stage.series
+        return [VolumeSpec.of(d, self.params) for d in series]
 
 
 def _warn(message: str) -> None:
@@ -453,8 +470,8 @@ class Predictor:
         try:
             if any(i.effect == "fatal" for i in info.issues):
                 raise _Fatal()
-            centres = self.centres(volumes, info)
-            probs = self.grade(centres, volumes, info)
+            points, centres = self.centres(volumes, info)
+            probs = self.grade(points, centres, volumes, info)
             frame = _frame(study_id, _finalise(probs))
         except _Fatal:
             pass
@@ -535,12 +552,14 @@ class Predictor:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
-    def centres(self, volumes: dict, info: StudyInfo) -> np.ndarray:
-        """(L, 3) crop centres, LPS mm; raises _Fatal when they cannot be placed inside the study's volumes."""
+    def centres(self, volumes: dict, info: StudyInfo) -> tuple[np.ndarray, np.ndarray]:
+        """The points (K, L, 3; NaN where none) and the (L, 3) level centres, LPS mm; raises _Fatal when they
+        cannot be placed inside the study's volumes."""
         from spine.data.crops import fill_centres, level_centres
 
+        points = self.points(volumes, info)
         try:
-            centres = fill_centres(level_centres(self.points(volumes, info)))
+            centres = fill_centres(level_centres(points))
         except ValueError as exc:
             info.issues.append(Issue("no landmarks", _first_lines(exc), "fatal"))
             raise _Fatal() from None
@@ -555,16 +574,19 @@ class Predictor:
         if not inside.all():
             info.issues.append(Issue("landmarks outside the volumes", ", ".join(
                 LEVEL_NAMES[i] for i in np.flatnonzero(~inside)), "degraded"))
-        return centres
+        return points, centres
 
     # ---- grading
-    def grade(self, centres: np.ndarray, volumes: dict, info: StudyInfo) -> np.ndarray:
+    def grade(self, points: np.ndarray, centres: np.ndarray, volumes: dict, info: StudyInfo) -> np.ndarray:
         """(25, 3) probabilities in LABEL_COLUMNS order: each grading run (mean over folds, calibrated), mean
         over runs. Raises _Fatal when no run gives finite probabilities."""
         results, failures = [], []
         for run in self.grading_runs:
             try:
-                probs = self._grade_run(run, centres, volumes)  # (L, K, 3)
+                if run.views is not None:
+                    probs = self._grade_views(run, points, volumes)  # (L, K, 3)
+                else:
+                    probs = self._grade_run(run, centres, volumes)
             except _RunFailed as exc:
                 failures.append((str(exc), run.path.name))
                 continue
@@ -629,6 +651,35 @@ class Predictor:
         return mean
 
 
+    def _grade_views(self, run: Run, points: np.ndarray, volumes: dict) -> np.ndarray:
+        """(L, K, 3) mean probabilities of one views run's folds, on the views of the training builder."""
+        import torch
+
+        from spine.data.crops import CropVolume
+        from spine.data.views import build_views
+        from spine.losses import grading_probabilities
+
+        s = run.cfg.stage
+        sources = {spec.description: volumes.get(spec) for spec in run.specs}
+        if all(v is None for v in sources.values()):
+            raise _RunFailed("no grading series")
+        crop_volumes = {d: None if v is None else CropVolume.from_array(v.array, v.origin, v.spacing, s.percentiles)
+                        for d, v in sources.items()}
+        views, present = build_views(crop_volumes, points, run.views, s.crop.align)
+        image = torch.from_numpy(views)  # (L, K, V, S, H, W)
+        level = torch.arange(len(views))
+        flags = torch.from_numpy(present.astype(np.float32))[None].expand(len(views), -1)
+        total = 0.0
+        for model in run.models:
+            with torch.inference_mode(), self._autocast():
+                logits = model(image.to(self.device), level.to(self.device), flags.to(self.device))
+            total = total + grading_probabilities(logits.float(), s.loss).cpu().numpy()
+        mean = total / len(run.models)
+        if not np.isfinite(mean).all():
+            raise _RunFailed("non-finite output")
+        return mean
+
+
 class _Fatal(Exception):
     """No model answer for this study (the issue is already recorded)."""
 
@@ -640,28 +691,45 @@ class _RunFailed(Exception):
 # -------------------------------------------------------------------------------------- the whole run
 def read_listing(data_dir, split: str = "test") -> tuple[list[int], dict[int, dict[str, list[Path]]]]:
     """Studies of ``<split>_series_descriptions.csv`` in order of first appearance, and per study its series
-    folders by description in ascending series_id. Raises PredictError when the listing is missing or unusable."""
-    data_dir = Path(data_dir)
-    listing = data_dir / f"{split}_series_descriptions.csv"
-    if not listing.is_file():
-        raise PredictError(f"{listing} not found (data_dir must be an RSNA-layout folder)")
-    try:
-        frame = pd.read_csv(listing)
-    except Exception as exc:  # noqa: BLE001
-        raise PredictError(f"{listing} unreadable: {exc}") from None
-    missing = [c for c in ("study_id", "series_id", "series_description") if c not in frame.columns]
-    if missing:
-        raise PredictError(f"{listing}: missing columns {missing}")
-    frame = frame.dropna(subset=["study_id"])
-    images = data_dir / f"{split}_images"
-    studies = list(dict.fromkeys(int(s) for s in frame.study_id))
-    series: dict[int, dict[str, list[Path]]] = {s: {} for s in studies}
-    rows = frame.dropna(subset=["series_id"]).drop_duplicates(["study_id", "series_id"])
-    for row in rows.sort_values("series_id", kind="stable").itertuples(index=False):
-        description = "" if pd.isna(row.series_description) else str(row.series_description).strip()
-        series[int(row.study_id)].setdefault(description, []).append(
-            images / str(int(row.study_id)) / str(int(row.series_id)))
+    folders by series type in ascending series_id. Rows whose ids are not integers are skipped, with a logged
+    reason; descriptions in another case or spacing, and variants (``'Sagittal T2'``), name their series type.
+    Raises PredictError when the listing is missing or unusable."""
+    studies, series, _ = _read_listing(data_dir, split)
     return studies, series
+
+
+def _read_listing(data_dir, split: str) -> tuple[list[int], dict[int, dict[str, list[Path]]], dict[int, list[Issue]]]:
+    """`read_listing` and, per study, notes on its listing rows (rows skipped, descriptions mapped)."""
+    data_dir = Path(data_dir)
+    path = data_dir / f"{split}_series_descriptions.csv"
+    if not path.is_file():
+        raise PredictError(f"{path} not found (data_dir must be an RSNA-layout folder)")
+    try:
+        listing = tables.read_listing(path)
+    except tables.TableError as exc:
+        raise PredictError(str(exc)) from None
+    images = data_dir / f"{split}_images"
+    series: dict[int, dict[str, list[Path]]] = {s: {} for s in listing.studies}
+    for row in listing.series.sort_values("series_id", kind="stable").itertuples(index=False):
+        series[int(row.study_id)].setdefault(row.description, []).append(
+            images / str(int(row.study_id)) / str(int(row.series_id)))
+    return listing.studies, series, _listing_notes(listing)
+
+
+def _listing_notes(listing: tables.Listing) -> dict[int, list[Issue]]:
+    """Per study: its skipped listing rows and its mapped descriptions, as notes (the answer is unaffected)."""
+    notes: dict[int, list[Issue]] = {}
+    for study in listing.studies:
+        skipped = listing.skipped_of(study)
+        if skipped:
+            notes.setdefault(study, []).append(Issue("listing rows skipped", "; ".join(skipped), "note"))
+    mapped = listing.series[listing.series.written != listing.series.description]
+    for study, rows in mapped.groupby("study_id", sort=False):
+        detail = "; ".join(sorted({f"{w!r} read as {d!r}" for w, d in zip(rows.written, rows.description)
+                                   if d in SERIES_TYPES}))
+        if detail:
+            notes.setdefault(int(study), []).append(Issue("series description mapped", detail, "note"))
+    return notes
 
 
 def _unlisted_series(study_dir: Path) -> dict[str, list[Path]]:
@@ -676,7 +744,8 @@ def _unlisted_series(study_dir: Path) -> dict[str, list[Path]]:
     for folder in folders:
         for path in sorted(folder.iterdir())[:5]:
             try:
-                description = str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesDescription", "")).strip()
+                description = series_type(str(pydicom.dcmread(path, stop_before_pixels=True).get(
+                    "SeriesDescription", "")))
             except Exception:  # noqa: BLE001
                 continue
             if description in SERIES_TYPES:
@@ -776,6 +845,8 @@ def _iterate_volumes(predictor: Predictor, studies: list[int], series: dict, wor
 
 
 def _init_worker(threads: int) -> None:
+    """Initializer of a pool worker: it ends with the main process (even a SIGKILLed one), ``threads`` ITK threads."""
+    exit_with_parent()
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
@@ -814,7 +885,7 @@ def predict(cfg) -> dict:
     """
     started = time.perf_counter()
     data_dir = Path(cfg.data_dir)
-    studies, series = read_listing(data_dir, cfg.split)
+    studies, series, notes = _read_listing(data_dir, cfg.split)
     sample = data_dir / "sample_submission.csv" if cfg.split == "test" else None
     rows, studies = _row_order(studies, sample)
     for study in studies:
@@ -829,16 +900,13 @@ def predict(cfg) -> dict:
     probs: dict[str, np.ndarray] = {}
     infos: list[StudyInfo] = []
     log.parent.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if cfg.progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(studies), desc="predict", unit="study", file=sys.stderr)
+    bar = progress(len(studies), "predict", "study", enabled=cfg.progress)  # a bar, or a line per 10 %
     with open(log, "w", newline="") as handle:  # one line per study as it finishes: readable mid-run
         handle.write(",".join(LOG_COLUMNS) + "\n")
         for study, volumes, issues, load_s in _iterate_volumes(predictor, studies, series, cfg.workers):
             if not series.get(study):
                 issues = [Issue("no series", "none listed, no study folder", "fatal")]
+            issues = [*notes.get(study, []), *issues]
             frame, info = predictor.predict_volumes(study, volumes, issues)
             info.seconds += load_s
             infos.append(info)
@@ -848,11 +916,9 @@ def predict(cfg) -> dict:
             handle.flush()
             if info.status != "ok":
                 message = f"[predict] {study}: {info.status} ({info.answer}): {info.reason}"
-                (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+                bar.write(message, file=sys.stderr)
+            bar.update(1)
+    bar.close()
 
     uniform = np.full(len(PROB_COLUMNS), 1.0 / len(PROB_COLUMNS))
     unknown = [rid for rid in rows if rid not in probs]

@@ -1,6 +1,13 @@
 """``python -m spine.preprocess data_dir=... cache_dir=... [split=train|test|all] [workers=N] [overwrite=true]``.
 
-Exit codes: 0 when at least one series has a volume, 1 when nothing could be processed, 2 for a bad config.
+Builds every series listed in ``<split>_series_descriptions.csv`` of an RSNA-layout folder into a patient volume
+in world space (LPS mm, resampled to the grid of its series type) and caches it in ``cache_dir/<cache id>/``
+with series.csv, coordinates.csv (the label points in pixel, world and voxel frames) and folds.csv. A re-run
+skips complete series and a killed run resumes; a broken series is recorded with its reason and the rest goes
+on. docs/preprocess.md.
+
+Exit codes: 0 when at least one series has a volume, 1 when nothing could be processed or train.csv /
+train_label_coordinates.csv cannot be used (one line says why), 2 for a bad config.
 """
 
 from __future__ import annotations
@@ -12,10 +19,15 @@ from spine.preprocess.config import PreprocessConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = compose_or_exit("preprocess", sys.argv[1:] if argv is None else argv, PreprocessConfig)
+    cfg = compose_or_exit("preprocess", sys.argv[1:] if argv is None else argv, PreprocessConfig, __doc__)
+    from spine.io.tables import TableError
     from spine.preprocess.run import run
 
-    return run(cfg).exit_code
+    try:
+        return run(cfg).exit_code
+    except TableError as err:
+        print(f"[preprocess] error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

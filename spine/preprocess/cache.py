@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from spine.constants import series_type
 from spine.preprocess.volume import FILL_VALUE, Grid
 
 __all__ = ["CACHE_VERSION", "Cache", "cache_id", "cache_params", "format_triple", "parse_triple", "volume_options"]
 
-CACHE_VERSION = 2  # 2: grid never finer than the acquired sampling
+CACHE_VERSION = 3  # 2: grid never finer than acquired; 3: other-orientation and overlapped stacks left out
 CACHE_PREFIX = "lps"  # every volume is LPS-aligned (identity direction)
 SERIES_COLUMNS = ["split", "study_id", "series_id", "description", "status", "reason", "n_stacks",
                   "n_slices", "n_skipped_files", "orig_shape", "orig_spacing", "shape", "spacing", "origin"]
@@ -183,6 +184,7 @@ class Cache:
             frame[column] = frame[column].astype(np.int64)
         for column in ("n_stacks", "n_slices", "n_skipped_files"):
             frame[column] = pd.to_numeric(frame[column].replace("", None)).astype("Int64")
+        frame["description"] = [series_type(d) for d in frame["description"]]  # also caches of older runs
         return frame
 
     @cached_property
@@ -197,9 +199,9 @@ class Cache:
 
     # ---- series
     def series_of(self, study_id: int, description: str) -> list[int]:
-        """Ids of the ok series of one type in a study, ascending."""
+        """Ids of the ok series of one type in a study, ascending (``description`` in any case and spacing)."""
         s = self.series
-        rows = s[(s.study_id == int(study_id)) & (s.description == description) & (s.status == "ok")]
+        rows = s[(s.study_id == int(study_id)) & (s.description == series_type(description)) & (s.status == "ok")]
         return sorted(int(v) for v in rows.series_id)
 
     def row(self, study_id: int, series_id: int) -> pd.Series:

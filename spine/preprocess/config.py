@@ -27,9 +27,9 @@ def _spacing(key: str):
 class SpacingConfig:
     """Grid spacing (x, y, z) mm per series type; the reasons for the defaults are in spine/preprocess/volume.py."""
 
-    sagittal_t1: list[float] = _spacing("sagittal_t1")
-    sagittal_t2_stir: list[float] = _spacing("sagittal_t2_stir")
-    axial_t2: list[float] = _spacing("axial_t2")
+    sagittal_t1: list[float] = _spacing("sagittal_t1")  # x, y, z mm: thick left-right, fine in-plane
+    sagittal_t2_stir: list[float] = _spacing("sagittal_t2_stir")  # x, y, z mm
+    axial_t2: list[float] = _spacing("axial_t2")  # x, y, z mm: fine in-plane, thick along the spine
     other: list[float] = _spacing("other")  # any other series description
 
     def as_dict(self) -> dict[str, tuple[float, float, float]]:
@@ -44,13 +44,13 @@ class PreprocessConfig:
     workers: int = 0  # processes; 0 = one per CPU core; 1 = in this process
     threads: int = 0  # SimpleITK threads per worker; 0 = cores / workers
     overwrite: bool = False  # rebuild series that are already complete
-    progress: bool = True  # tqdm progress bar (on a terminal)
+    progress: bool = True  # progress bar on a terminal; in a log file, a line every ~10%
     spacing: SpacingConfig = field(default_factory=SpacingConfig)
     min_slices: int = DEFAULT_MIN_SLICES  # stacks with fewer slices are left out
     max_gap_factor: float = DEFAULT_MAX_GAP_FACTOR  # wider slice gaps (x median step) are not interpolated
     max_voxels: int = DEFAULT_MAX_VOXELS  # larger grids are refused (bounds memory per worker)
-    n_folds: int = 5
-    fold_seed: int = 0
+    n_folds: int = 5  # cross-validation folds of folds.csv (stratified by grades)
+    fold_seed: int = 0  # seed of the fold assignment
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:

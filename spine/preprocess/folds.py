@@ -12,17 +12,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from spine.constants import LABEL_COLUMNS
+from spine.constants import LABEL_COLUMNS, SEVERITIES
+from spine.metric import labels_to_long
 
 __all__ = ["make_folds", "strata"]
 
 
 def strata(train: pd.DataFrame) -> pd.Series:
-    """Stratum of each study of train.csv (index = study_id): 10 * min(#severe, 3) + min(#moderate, 6)."""
-    labels = train.set_index("study_id")[[c for c in LABEL_COLUMNS if c in train.columns]]
-    severe = (labels == "Severe").sum(axis=1).clip(upper=3)
-    moderate = (labels == "Moderate").sum(axis=1).clip(upper=6)
-    return (10 * severe + moderate).astype(int)
+    """Stratum of each study of train.csv (index = study_id): 10 * min(#severe, 3) + min(#moderate, 6).
+
+    Raises ValueError (:func:`spine.metric.labels_to_long`) for a missing label column, a grade not in
+    ``SEVERITIES`` or a study in several rows."""
+    grades = labels_to_long(train)["severity"].to_numpy().reshape(len(train), len(LABEL_COLUMNS))
+    severe = np.minimum((grades == SEVERITIES.index("Severe")).sum(axis=1), 3)
+    moderate = np.minimum((grades == SEVERITIES.index("Moderate")).sum(axis=1), 6)
+    return pd.Series(10 * severe + moderate, index=pd.Index(train["study_id"].to_numpy(), name="study_id")).astype(int)
 
 
 def make_folds(train: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:

@@ -12,6 +12,7 @@ Series that failed are retried on every run (failures are cheap, and may have be
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -25,14 +26,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spine.io.tables import TableError, read_coordinates, read_listing, read_train_labels
 from spine.preprocess import cache as layout
 from spine.preprocess.cache import (COORDINATE_COLUMNS, FOLD_COLUMNS, SERIES_COLUMNS, cache_id, cache_params,
                                     format_triple)
 from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.folds import make_folds
 from spine.preprocess.volume import Grid, InstanceGeometry, spacing_for
+from spine.procs import exit_with_parent
+from spine.progress import progress
 
 __all__ = ["Job", "Summary", "process_series", "run"]
+
+log = logging.getLogger(__name__)
+UNRESOLVED_CSV = "coordinates_unresolved.csv"  # label coordinates without a position, with the reason
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class Summary:
     peak_rss_mb: float = 0.0
     failures: list[tuple[int, int, str, str]] = field(default_factory=list)
     message: str = ""
+    n_coordinates: int | None = None  # rows of train_label_coordinates.csv (None: train split not processed)
+    n_coordinates_unresolved: int = 0  # of which without a position: listed in coordinates_unresolved.csv
 
     @property
     def n_ok(self) -> int:
@@ -97,7 +106,8 @@ def process_series(job: Job) -> dict:
         record.update(_stack_fields(series))
         read_done = time.perf_counter()
         volume = make_volume(series, job.spacing, min_slices=job.min_slices,
-                             max_gap_factor=job.max_gap_factor, max_voxels=job.max_voxels)
+                             max_gap_factor=job.max_gap_factor, max_voxels=job.max_voxels,
+                             description=job.description)
         del series  # the stacks' pixels stay referenced by volume.stacks until the end of the job
         resample_done = time.perf_counter()
         record.update(status="ok", reason=_join([*record.pop("_notes"), *volume.notes]),
@@ -181,6 +191,12 @@ def cached_record(job: Job) -> dict | None:
 
 
 def _init_worker(threads: int) -> None:
+    """Initializer of a pool worker: it ends with the main process (even a SIGKILLed one), ``threads`` ITK threads."""
+    exit_with_parent()
+    _set_threads(threads)
+
+
+def _set_threads(threads: int) -> None:
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
@@ -196,7 +212,7 @@ def _crash_record(job: Job) -> dict:
 def execute(jobs: list[Job], workers: int, threads: int):
     """Yield the record of every job, in completion order. ``workers=1`` runs them in this process."""
     if workers <= 1:
-        _init_worker(threads)
+        _set_threads(threads)
         for job in jobs:
             yield process_series(job)
         return
@@ -239,7 +255,11 @@ def _log(message: str) -> None:
 
 
 def list_jobs(cfg: PreprocessConfig, root: Path) -> tuple[list[Job], list[str]]:
-    """One job per row of the chosen splits' *_series_descriptions.csv; and problems with the listing."""
+    """One job per usable row of the chosen splits' *_series_descriptions.csv; and problems with the listings.
+
+    Rows whose ids are not integers are skipped (`spine.io.tables.read_listing` logs each with its reason);
+    descriptions are the series types they name (``'sagittal t2'`` -> ``'Sagittal T2/STIR'``).
+    """
     data_dir = Path(cfg.data_dir)
     spacing_table = cfg.spacing.as_dict()
     jobs, problems = [], []
@@ -249,14 +269,12 @@ def list_jobs(cfg: PreprocessConfig, root: Path) -> tuple[list[Job], list[str]]:
             problems.append(f"{listing} not found")
             continue
         try:
-            frame = pd.read_csv(listing)
-            frame = frame.dropna(subset=["study_id", "series_id"])
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"{listing} unreadable: {exc}")
+            rows = read_listing(listing).series
+        except TableError as exc:
+            problems.append(str(exc))
             continue
-        for row in frame.drop_duplicates(["study_id", "series_id"]).itertuples(index=False):
-            study, series = int(row.study_id), int(row.series_id)
-            description = "" if pd.isna(row.series_description) else str(row.series_description)
+        for row in rows.itertuples(index=False):
+            study, series, description = int(row.study_id), int(row.series_id), row.description
             jobs.append(Job(split, study, series, description,
                             str(data_dir / f"{split}_images" / str(study) / str(series)), str(root),
                             spacing_for(description, spacing_table), cfg.min_slices, cfg.max_gap_factor,
@@ -274,6 +292,8 @@ def run(cfg: PreprocessConfig) -> Summary:
     jobs, problems = list_jobs(cfg, root)
     for problem in problems:
         _log(problem)
+    if "train" in cfg.splits:  # a train.csv or coordinates file that cannot be used stops the run before any work
+        labels, coordinates = _train_labels(Path(cfg.data_dir)), _label_coordinates(Path(cfg.data_dir))
     if not jobs:
         summary.message = f"nothing to process in {cfg.data_dir} (split={cfg.split})"
         _log(summary.message)
@@ -297,9 +317,7 @@ def run(cfg: PreprocessConfig) -> Summary:
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
     _log(f"cache {root}: {len(jobs)} series in {len({j.study_id for j in jobs})} studies "
          f"(split={cfg.split}); {len(records)} already complete, {len(todo)} to do with {workers} worker(s)")
-    from tqdm import tqdm
-
-    with tqdm(total=len(todo), unit="series", disable=None if cfg.progress else True, file=sys.stderr) as bar:
+    with progress(len(todo), "preprocess", "series", enabled=cfg.progress) as bar:
         for record in execute(todo, workers, threads):
             records[(record["study_id"], record["series_id"])] = record
             summary.peak_rss_mb = max(summary.peak_rss_mb, record.get("peak_rss_mb", 0.0))
@@ -319,8 +337,9 @@ def run(cfg: PreprocessConfig) -> Summary:
     summary.failures = [(r["study_id"], r["series_id"], r["description"], r["reason"]) for r in failures]
     _write_series_csv(root, ordered)
     if "train" in cfg.splits:
-        _write_coordinates(root, Path(cfg.data_dir), records)
-        _write_folds(root, Path(cfg.data_dir), cfg)
+        summary.n_coordinates = len(coordinates[0]) + len(coordinates[1])
+        summary.n_coordinates_unresolved = _write_coordinates(root, *coordinates, records)
+        _write_folds(root, labels, Path(cfg.data_dir) / "train.csv", cfg)
     else:
         for name, columns in (("coordinates.csv", COORDINATE_COLUMNS), ("folds.csv", FOLD_COLUMNS)):
             if not (root / name).is_file():
@@ -362,16 +381,57 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _write_coordinates(root: Path, data_dir: Path, records: dict[tuple[int, int], dict]) -> None:
-    """coordinates.csv: every row of train_label_coordinates.csv, plus world LPS mm and cache voxel."""
+def _train_labels(data_dir: Path) -> pd.DataFrame | None:
+    """train.csv checked (`read_train_labels`: raises TableError), None when there is none."""
+    path = data_dir / "train.csv"
+    return read_train_labels(path) if path.is_file() else None
+
+
+def _label_coordinates(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """train_label_coordinates.csv: (usable rows, rows set aside with a reason); empty without the file."""
     path = data_dir / "train_label_coordinates.csv"
-    labels = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COORDINATE_COLUMNS[:7])
+    if path.is_file():
+        return read_coordinates(path)
+    empty = pd.DataFrame(columns=["line", *COORDINATE_COLUMNS[:7]])
+    return empty, empty.assign(reason=pd.Series(dtype=str))
+
+
+def _write_coordinates(root: Path, labels: pd.DataFrame, rejected: pd.DataFrame,
+                       records: dict[tuple[int, int], dict]) -> int:
+    """coordinates.csv: every usable row of train_label_coordinates.csv, plus world LPS mm and cache voxel
+    (NaN where unresolved); coordinates_unresolved.csv: the rows without a world position, the ``rejected``
+    ones included, each with its reason, in file order. Returns how many rows that file lists."""
     labels = labels.reset_index(drop=True)
+    world, voxel, reasons = _resolve_coordinates(labels, records)
+    out = labels.drop(columns="line")
+    out[["world_x", "world_y", "world_z"]] = world
+    out[["voxel_i", "voxel_j", "voxel_k"]] = voxel
+    layout.write_csv(out, root / "coordinates.csv")
+    unresolved = labels[[r is not None for r in reasons]].assign(reason=[r for r in reasons if r is not None])
+    parts = [frame for frame in (rejected, unresolved) if len(frame)]
+    unresolved = (pd.concat(parts, ignore_index=True).sort_values("line", kind="stable") if parts else
+                  pd.DataFrame(columns=[*rejected.columns]))
+    layout.write_csv(unresolved, root / UNRESOLVED_CSV)
+    if len(unresolved):
+        first = unresolved.iloc[0]
+        log.warning("%d label coordinate(s) without a position, listed in %s (first: line %d, %s)",
+                    len(unresolved), root / UNRESOLVED_CSV, first.line, first.reason)
+    return len(unresolved)
+
+
+def _resolve_coordinates(labels: pd.DataFrame, records: dict[tuple[int, int], dict]):
+    """(world (n, 3), voxel (n, 3), reason per row: None where the instance was found) of checked coordinates."""
     world = np.full((len(labels), 3), np.nan)
     voxel = np.full((len(labels), 3), np.nan)
+    reasons: list[str | None] = [None] * len(labels)
+    studies = {study for study, _ in records}
     for (study, series), rows in labels.groupby(["study_id", "series_id"]).groups.items():
         record = records.get((int(study), int(series)))
         if record is None:
+            why = (f"series {series} of study {study} not listed" if study in studies else
+                   f"study {study} not listed")
+            for index in rows:
+                reasons[index] = why
             continue
         instances = {int(k): InstanceGeometry.from_list(v) for k, v in record.get("instances", {}).items()}
         grid = None
@@ -379,27 +439,26 @@ def _write_coordinates(root: Path, data_dir: Path, records: dict[tuple[int, int]
             grid = Grid(layout.parse_triple(record["origin"]), layout.parse_triple(record["spacing"]),
                         tuple(int(v) for v in layout.parse_triple(record["shape"])))
         for index in rows:
-            number, x, y = labels.at[index, "instance_number"], labels.at[index, "x"], labels.at[index, "y"]
-            geometry = instances.get(int(number)) if pd.notna(number) else None
+            number = int(labels.at[index, "instance_number"])
+            geometry = instances.get(number)
             if geometry is None:
-                continue  # instance missing or unreadable: no position (NaN)
-            world[index] = geometry.pixel_to_world(x, y)
+                reasons[index] = (f"instance {number} not in series {series}" if instances else
+                                  f"series {series} could not be read ({_short(record.get('reason', ''))})")
+                continue
+            world[index] = geometry.pixel_to_world(labels.at[index, "x"], labels.at[index, "y"])
             if grid is not None:
                 voxel[index] = grid.world_to_voxel(world[index])
-    out = labels.copy()
-    out[["world_x", "world_y", "world_z"]] = world
-    out[["voxel_i", "voxel_j", "voxel_k"]] = voxel
-    layout.write_csv(out, root / "coordinates.csv")
+    return world, voxel, reasons
 
 
-def _write_folds(root: Path, data_dir: Path, cfg: PreprocessConfig) -> None:
-    """folds.csv, written once (again only with overwrite=true): every later stage reuses it."""
+def _write_folds(root: Path, labels: pd.DataFrame | None, train_path: Path, cfg: PreprocessConfig) -> None:
+    """folds.csv from the checked train.csv ``labels``, written once (again only with overwrite=true): every
+    later stage reuses it."""
     path = root / "folds.csv"
-    train_path = data_dir / "train.csv"
-    if not train_path.is_file():
+    if labels is None:
         _log(f"{train_path} not found: folds.csv not written")
         return
-    folds = make_folds(pd.read_csv(train_path), cfg.n_folds, cfg.fold_seed)
+    folds = make_folds(labels, cfg.n_folds, cfg.fold_seed)
     if path.is_file() and not cfg.overwrite:
         old = pd.read_csv(path)
         if set(old.study_id) != set(folds.study_id):
@@ -415,7 +474,7 @@ def _report(summary: Summary) -> None:
          f"({rate:.2f} studies/s); {summary.n_ok} ok ({summary.n_built} built, {summary.n_cached} already "
          f"complete), {summary.n_errors} error(s); read {summary.read_s:.1f} s, resample "
          f"{summary.resample_s:.1f} s, write {summary.write_s:.1f} s (summed over workers); "
-         f"peak worker memory {summary.peak_rss_mb:.0f} MB")
+         f"peak worker memory {summary.peak_rss_mb:.0f} MB{_coordinates_part(summary)}")
     for study, series, description, reason in summary.failures[:20]:
         _log(f"  error {study}/{series} ({description or 'no description'}): {reason}")
     if len(summary.failures) > 20:
@@ -423,6 +482,14 @@ def _report(summary: Summary) -> None:
     if summary.exit_code:
         _log("no series could be processed")
     _log(f"cache: {summary.cache_root}")
+
+
+def _coordinates_part(summary: Summary) -> str:
+    if summary.n_coordinates is None:
+        return ""
+    unresolved = summary.n_coordinates_unresolved
+    return (f"; {summary.n_coordinates} label coordinates, {unresolved} unresolved"
+            + (f" (listed in {UNRESOLVED_CSV})" if unresolved else ""))
 
 
 def summary_dict(summary: Summary) -> dict:

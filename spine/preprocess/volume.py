@@ -47,17 +47,24 @@ Only the first of several volumes sharing the same positions (echoes, time point
 than ``min_slices`` slices, and stacks with several slices at the same depth shifted in-plane (no map from
 depth to slice), are left out with a note; a series with no stack left (e.g. a single slice) raises
 `VolumeError`: a one-slice "volume" has no slice direction to resample along.
+
+One orientation per series (`own_orientation`): stacks whose slice normal is closest to another world axis
+than the series' own orientation (named by its description, else the one with most slices) are left out with a
+note. A stack overlapping a larger one of the same orientation (slices of another matrix size or pixel spacing
+in one series) is left out with a note (`drop_overlapping`): the larger one is used alone, at its own resolution.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from spine.constants import series_type
 from spine.io.dicom import DicomSeries, DicomStack
 from spine.preprocess.config import (DEFAULT_MAX_GAP_FACTOR, DEFAULT_MAX_VOXELS, DEFAULT_MIN_SLICES,
                                      DEFAULT_SPACING_MM)
@@ -70,12 +77,16 @@ __all__ = [
     "SeriesVolume",
     "VolumeError",
     "build_volume",
+    "drop_overlapping",
     "instance_geometry",
     "make_volume",
+    "named_orientation",
+    "own_orientation",
     "pixel_to_world",
     "select_stacks",
     "spacing_for",
     "spacing_key",
+    "stack_orientation",
     "volume_from_dicom",
     "voxel_to_world",
     "world_to_voxel",
@@ -84,6 +95,11 @@ __all__ = [
 FILL_VALUE = 0.0  # value of voxels that no stack covers (the mask says which)
 _MIN_STEP_MM = 0.01  # slices closer than this along the normal are at the same depth
 _CHUNK_VOXELS = 500_000  # irregular stacks are resampled this many grid voxels at a time
+ORIENTATIONS = ("sagittal", "coronal", "axial")  # named by the world axis x, y, z closest to the slice normal
+_ORIENTATION_WORDS = {"sag": "sagittal", "sagittal": "sagittal", "cor": "coronal", "coronal": "coronal",
+                      "ax": "axial", "axial": "axial", "tra": "axial", "transverse": "axial", "transversal": "axial"}
+_SAME_NORMAL_COS = float(np.cos(np.radians(1.0)))  # stacks whose normals are within 1 degree: same orientation
+_OVERLAP_FRACTION = 0.5  # same-orientation stacks sharing depth and this much of the smaller field of view overlap
 
 
 class VolumeError(ValueError):
@@ -191,8 +207,9 @@ def _slice_corners(stack: DicomStack, margin: float = 0.0) -> np.ndarray:
 
 
 def spacing_key(description: str | None) -> str:
-    """Config key of a series description: ``'Sagittal T2/STIR'`` -> ``'sagittal_t2_stir'``."""
-    key = re.sub(r"[^a-z0-9]+", "_", str(description or "").lower()).strip("_")
+    """Config key of a series description: ``'Sagittal T2/STIR'`` -> ``'sagittal_t2_stir'`` (also for its
+    variants, ``' sagittal t2 '``: `spine.constants.series_type`)."""
+    key = re.sub(r"[^a-z0-9]+", "_", series_type(description).lower()).strip("_")
     return key if key in DEFAULT_SPACING_MM and key != "other" else "other"
 
 
@@ -237,8 +254,13 @@ class SeriesVolume:
         return self.instances[int(instance_number)].pixel_to_world(x, y)
 
 
-def select_stacks(series: DicomSeries, min_slices: int = DEFAULT_MIN_SLICES) -> tuple[list[DicomStack], list[str]]:
+def select_stacks(series: DicomSeries, min_slices: int = DEFAULT_MIN_SLICES,
+                  description: str | None = None) -> tuple[list[DicomStack], list[str]]:
     """The stacks that make the volume, and notes on the ones left out or resampled specially.
+
+    ``description`` (default: the series' own SeriesDescription) names the series' orientation: stacks of
+    another orientation are left out (`own_orientation`), and so is a same-orientation stack that overlaps a
+    larger one (`drop_overlapping`).
 
     Raises:
         VolumeError: no stack of at least ``min_slices`` slices.
@@ -265,6 +287,10 @@ def select_stacks(series: DicomSeries, min_slices: int = DEFAULT_MIN_SLICES) -> 
         if not usable:
             raise VolumeError(f"{reason}: not a volume")
         notes.append(f"left out {reason}")
+    usable, note = own_orientation(usable, series.series_description if description is None else description)
+    notes += [note] if note else []
+    usable, note = drop_overlapping(usable)
+    notes += [note] if note else []
     for s in usable:
         if s.is_regular:
             continue
@@ -279,15 +305,104 @@ def select_stacks(series: DicomSeries, min_slices: int = DEFAULT_MIN_SLICES) -> 
     return usable, notes
 
 
+def stack_orientation(stack: DicomStack) -> str:
+    """``sagittal``, ``coronal`` or ``axial``: the world axis (LPS x, y, z) closest to the stack's slice normal."""
+    return ORIENTATIONS[int(np.argmax(np.abs(stack.direction_lps[:, 2])))]
+
+
+def named_orientation(description: str | None) -> str | None:
+    """The orientation a series description names (``'Sagittal T2/STIR'`` -> ``'sagittal'``); None if none or
+    several."""
+    words = re.findall(r"[a-z]+", str(description or "").lower())
+    named = {_ORIENTATION_WORDS[w] for w in words if w in _ORIENTATION_WORDS}
+    return named.pop() if len(named) == 1 else None
+
+
+def own_orientation(stacks: list[DicomStack], description: str | None) -> tuple[list[DicomStack], str]:
+    """The stacks of the series' own orientation and a note on the others (empty when none is left out).
+
+    The own orientation is the one the description names if a stack has it, else the one with the most slices
+    (ties: the orientation of the largest stack). Axial slices merged into a sagittal volume would stretch its
+    grid over both fields of view and mix two resolutions.
+    """
+    orientations = [stack_orientation(s) for s in stacks]
+    if len(set(orientations)) <= 1:
+        return stacks, ""
+    slices: Counter = Counter()
+    for stack, orientation in zip(stacks, orientations):
+        slices[orientation] += stack.n_slices
+    named = named_orientation(description)
+    if named in slices:
+        own, why = named, f"named by the description {description!r}"
+    else:
+        own = max(slices, key=lambda o: (slices[o], -orientations.index(o)))
+        why = "the orientation of most slices" + (f"; the description {description!r} names {named}, which no "
+                                                  f"stack has" if named else "")
+    kept = [s for s, o in zip(stacks, orientations) if o == own]
+    left = [f"{o} {s.n_slices} slices" for s, o in zip(stacks, orientations) if o != own]
+    return kept, (f"left out {len(left)} stack(s) of another orientation ({', '.join(left)}): the series is "
+                  f"{own} ({why})")
+
+
+def drop_overlapping(stacks: list[DicomStack]) -> tuple[list[DicomStack], str]:
+    """Leave out each stack that overlaps a larger stack of the same orientation; with a note (empty if none).
+
+    Same orientation: slice normals within 1 degree. Overlap: their slabs share depth along the normal and their
+    fields of view share at least half of the smaller one. Larger: more slices, then more pixels per slice. Such
+    stacks come from slices of another matrix size (or pixel spacing) inside one series: averaged with the larger
+    stack they would blur it and coarsen the grid. Stacks at other angles (axial blocks per disc) or beside each
+    other are all kept.
+    """
+    order = sorted(range(len(stacks)), key=lambda i: (-stacks[i].n_slices, -stacks[i].shape[1] * stacks[i].shape[2], i))
+    kept: list[int] = []
+    left: list[str] = []
+    for i in order:
+        bigger = next((k for k in kept if _overlap(stacks[k], stacks[i])), None)
+        if bigger is None:
+            kept.append(i)
+        else:
+            left.append(f"{_describe(stacks[i])} overlapping {_describe(stacks[bigger])}")
+    if not left:
+        return stacks, ""
+    return [stacks[i] for i in sorted(kept)], (f"left out {len(left)} smaller stack(s) overlapping a larger one "
+                                                f"of the same orientation ({'; '.join(left)})")
+
+
+def _describe(stack: DicomStack) -> str:
+    """``'12 slices of 64x48 px'`` (columns x rows)."""
+    return f"{stack.n_slices} slices of {stack.shape[2]}x{stack.shape[1]} px"
+
+
+def _overlap(big: DicomStack, small: DicomStack) -> bool:
+    """Same orientation (normals within 1 degree), shared depth and a shared field of view (world LPS, mm)."""
+    r, c, n = big.direction_lps.T
+    if abs(float(n @ small.direction_lps[:, 2])) < _SAME_NORMAL_COS:
+        return False
+    extents = []
+    for stack in (big, small):
+        corners = _slice_corners(stack, margin=0.5)  # the edges of the slices, not only the voxel centres
+        extents.append(np.stack([(corners @ axis) for axis in (r, c, n)], axis=-1))
+    lo = np.maximum(extents[0].min(axis=0), extents[1].min(axis=0))
+    hi = np.minimum(extents[0].max(axis=0), extents[1].max(axis=0))
+    if hi[2] - lo[2] <= _MIN_STEP_MM:  # slabs one after the other along the normal
+        return False
+    shared = np.prod(np.clip(hi[:2] - lo[:2], 0.0, None))
+    areas = [np.prod(np.ptp(e[:, :2], axis=0)) for e in extents]
+    return bool(shared >= _OVERLAP_FRACTION * min(areas))
+
+
 def make_volume(series: DicomSeries, spacing_mm, *, min_slices: int = DEFAULT_MIN_SLICES,
-                max_gap_factor: float = DEFAULT_MAX_GAP_FACTOR,
-                max_voxels: int = DEFAULT_MAX_VOXELS) -> SeriesVolume:
+                max_gap_factor: float = DEFAULT_MAX_GAP_FACTOR, max_voxels: int = DEFAULT_MAX_VOXELS,
+                description: str | None = None) -> SeriesVolume:
     """Resample every usable stack of ``series`` into one LPS-aligned volume (see the module docstring).
+
+    ``description``: the series type as listed (e.g. ``'Sagittal T1'``), which names the orientation to keep
+    (`select_stacks`); default the series' own SeriesDescription.
 
     Raises:
         VolumeError: nothing to build a volume from, or a grid larger than ``max_voxels``.
     """
-    stacks, notes = select_stacks(series, min_slices)
+    stacks, notes = select_stacks(series, min_slices, description)
     grid = grid_for(stacks, np.maximum(np.asarray(spacing_mm, dtype=np.float64), native_spacing(stacks)), max_voxels)
     image, mask = _resample_all(stacks, grid, max_gap_factor)
     if not sitk.GetArrayViewFromImage(mask).any():
@@ -312,7 +427,7 @@ def volume_from_dicom(series_dir, description: str | None = None, *, spacing_mm=
     if description is None:
         description = series.series_description
     spacing = spacing_mm if spacing_mm is not None else spacing_for(description, spacing_table)
-    return make_volume(series, spacing, **options)
+    return make_volume(series, spacing, description=description, **options)
 
 
 def build_volume(series: DicomSeries, spacing_mm, **options) -> tuple[sitk.Image, sitk.Image]:

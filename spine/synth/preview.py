@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
+from spine.config import compose_or_exit
 from spine.constants import LEVEL_NAMES
 
 COLOURS = {"Spinal Canal Stenosis": "yellow", "Left Neural Foraminal Narrowing": "lime",
@@ -25,9 +26,9 @@ COLOURS = {"Spinal Canal Stenosis": "yellow", "Left Neural Foraminal Narrowing":
 
 @dataclass
 class PreviewConfig:
-    data_dir: str = "data/synth"
+    data_dir: str = "data/synth"  # RSNA-layout folder with the train split
     study_id: int = -1  # -1: the first study of train.csv
-    out: str = "preview.png"
+    out: str = "preview.png"  # the PNG written
 
 
 def make_preview(data_dir: str | Path, study_id: int | None = None, out: str | Path = "preview.png") -> Path:
@@ -105,9 +106,8 @@ def _middle_instance(folder: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spine.config import compose_or_exit
-
-    cfg = compose_or_exit("preview", sys.argv[1:] if argv is None else argv, PreviewConfig)
+    cfg = compose_or_exit("preview", sys.argv[1:] if argv is None else argv, PreviewConfig, __doc__,
+                          prog="python -m spine.synth.preview")
     out = make_preview(cfg.data_dir, cfg.study_id, cfg.out)
     print(f"[preview] wrote {out}")
     return 0

@@ -1,14 +1,22 @@
 """Run-folder files: weights as safetensors, resumable training state, atomic writes.
 
-A fold folder holds ``last.safetensors`` (+ ``last_ema.safetensors``) and ``checkpoint.pt`` after every
-epoch, and ``model.safetensors`` + ``model.json`` (name and constructor arguments) when the fold is done.
-Each file is written to a temporary name and renamed, so a kill leaves the previous epoch intact; the
-weights carry their epoch in the safetensors metadata and resume checks it against ``checkpoint.pt``.
+A fold folder holds, after every epoch, the weights of that epoch under epoch-numbered names,
+``last.e<NNNN>.safetensors`` (+ ``last_ema.e<NNNN>.safetensors``), and ``checkpoint.pt`` (optimizer,
+schedule, RNG states, and the names of the weights files that go with it); when the fold is done also
+``model.safetensors`` + ``model.json`` (name and constructor arguments).
+
+A checkpoint is a pair, weights + state, that must come from the same epoch. The new epoch's weights are
+written beside the previous epoch's, then ``checkpoint.pt`` (to a temporary name, then ``os.replace``): that
+rename is the switch from the old pair to the new one, so a kill at any moment leaves ``checkpoint.pt`` naming
+a complete pair, and resume continues after the last epoch whose pair was complete. The files of older epochs
+(and the temporary files of a killed save) are deleted after the switch. The weights also carry their epoch in
+the safetensors metadata, and resume checks it against ``checkpoint.pt``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -16,10 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT = "checkpoint.pt"
-LAST = "last.safetensors"
+LAST = "last.safetensors"  # the weights of checkpoints written before the epoch-numbered names (still resumed)
 LAST_EMA = "last_ema.safetensors"
 FINAL = "model.safetensors"
 MODEL_JSON = "model.json"
+
+log = logging.getLogger(__name__)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -70,27 +80,58 @@ def save_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def epoch_weights_name(kind: str, epoch: int) -> str:
+    """``last.e0003.safetensors``: the weights of ``kind`` (``last`` or ``last_ema``) after ``epoch`` (0-based)."""
+    return f"{kind}.e{epoch:04d}.safetensors"
+
+
 def save_checkpoint(folder: Path, epoch: int, model, ema, optimizer, scheduler, scaler, rng: dict) -> None:
-    """Everything needed to continue after ``epoch`` (0-based, completed)."""
-    save_weights(model, folder / LAST, epoch)
+    """Everything needed to continue after ``epoch`` (0-based, completed); the previous pair stays valid until
+    ``checkpoint.pt`` is replaced (see the module docstring)."""
+    folder = Path(folder)
+    weights = {"last": epoch_weights_name("last", epoch)}
+    save_weights(model, folder / weights["last"], epoch)
     if ema is not None:
-        save_weights(ema.module, folder / LAST_EMA, epoch)
+        weights["last_ema"] = epoch_weights_name("last_ema", epoch)
+        save_weights(ema.module, folder / weights["last_ema"], epoch)
     save_torch({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "ema_updates": getattr(ema, "updates", 0), "rng": rng},
-               folder / CHECKPOINT)
+                "scaler": scaler.state_dict(), "ema_updates": getattr(ema, "updates", 0), "rng": rng,
+                "weights": weights}, folder / CHECKPOINT)
+    remove_stale(folder, keep=set(weights.values()))
+
+
+def remove_stale(folder: Path, keep: set[str]) -> None:
+    """Delete the ``last*.safetensors`` not in ``keep`` and the temporary files of killed saves."""
+    stale = [p for p in folder.glob("last*.safetensors") if p.name not in keep]
+    stale += list(folder.glob(".last*.tmp")) + list(folder.glob(f".{CHECKPOINT}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.debug("removed %s", path)
+
+
+def checkpoint_weights(folder: Path, state: dict | None = None) -> dict[str, Path]:
+    """``{"last": path, "last_ema": path}`` (``last_ema`` only with EMA) of the checkpoint in ``folder``."""
+    folder = Path(folder)
+    if state is None:
+        state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
+    names = state.get("weights") or {"last": LAST, "last_ema": LAST_EMA}  # older checkpoints: fixed names
+    return {kind: folder / name for kind, name in names.items() if "weights" in state or (folder / name).is_file()}
 
 
 def load_checkpoint(folder: Path, model, ema, optimizer, scheduler, scaler) -> tuple[int, dict]:
     """Restore a checkpoint; returns (last completed epoch, RNG state to restore)."""
+    folder = Path(folder)
     state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)  # no pickled code
     epoch = int(state["epoch"])
-    for name in [LAST] + ([LAST_EMA] if ema is not None else []):
-        if weights_epoch(folder / name) != epoch:
-            raise RuntimeError(f"{folder / name} is not from epoch {epoch} of {folder / CHECKPOINT}: "
-                               "the run was killed while saving; start over with overwrite=true")
-    load_weights(model, folder / LAST)
+    paths = checkpoint_weights(folder, state)
+    for kind in ["last"] + (["last_ema"] if ema is not None else []):
+        path = paths.get(kind)
+        if path is None or not path.is_file() or weights_epoch(path) != epoch:
+            raise RuntimeError(f"{path or folder / f'{kind}.*.safetensors'} is not the {kind} weights of epoch "
+                               f"{epoch + 1} of {folder / CHECKPOINT}: start over with overwrite=true")
+    load_weights(model, paths["last"])
     if ema is not None:
-        load_weights(ema.module, folder / LAST_EMA)
+        load_weights(ema.module, paths["last_ema"])
         ema.updates = int(state.get("ema_updates", 0))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

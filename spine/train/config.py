@@ -120,6 +120,10 @@ class GradingStageConfig:
     sampler_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     calibrate: bool = True  # fit temperatures + any-severe scale on the run's OOF (calibration.json)
     tta_flip: bool = False  # validation/test: average with the mirrored crop (left/right swapped back)
+    # Per-condition views, read by the grading_views models (the model decides: a model with a view_shape
+    # argument reads views, the others the crop above): {group: [view, ...]} for the groups spinal, foraminal,
+    # subarticular; each view: series, plane, centre, size, mm, slices, slice_mm, shift_mm (spine/data/views.py).
+    views: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.series if s not in SERIES_TYPES]
@@ -164,19 +168,19 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     experiment: str = ""  # name of the experiment preset, recorded with the run
-    cache_dir: str = "cache"
-    run_dir: str = "runs/landmarks"
+    cache_dir: str = "cache"  # a preprocessing cache: a cache-id folder, or the folder holding the newest one
+    run_dir: str = "runs/landmarks"  # where the run folder goes (fold<k>/ inside)
     # grading: the landmark run whose oof.csv / test.csv centre the validation / test crops (the real
     # two-stage pipeline). Empty: label points (an optimistic CV, with a warning) and no test predictions.
     landmarks: str = ""
     fold: str = "0"  # a fold number of folds.csv, or "all" (each fold in turn)
-    epochs: int = 30
+    epochs: int = 30  # epochs per fold
     batch_size: int = 8  # per process
-    num_workers: int = 2
+    num_workers: int = 2  # DataLoader worker processes per training process
     max_steps_per_epoch: int = 0  # > 0: cut epochs short (smoke runs)
     val_every: int = 1  # validate every n epochs (and after the last)
     predict_test: bool = True  # write predictions for the cache's test studies
-    seed: int = 0
+    seed: int = 0  # + fold: initialisation, sampling, augmentation
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     amp: str = "bf16"  # bf16 | fp16 | none; ignored on CPU
     channels_last: bool = True  # CUDA only
@@ -184,8 +188,8 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights (0 = off); validation and saved weights use the EMA
     resume: bool = False  # continue an interrupted run from its last checkpoint
     overwrite: bool = False  # replace a finished fold instead of refusing
-    tensorboard: bool = True
-    progress: bool = True
+    tensorboard: bool = True  # also write metrics as TensorBoard scalars (tb/)
+    progress: bool = True  # progress bar on a terminal; elsewhere one line per epoch
 
     def __post_init__(self) -> None:
         self.fold = str(self.fold)

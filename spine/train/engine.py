@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from spine.progress import progress as show_progress
 from spine.train import checkpoint as ckpt
 from spine.train.runtime import (Runtime, gather_objects, rng_state, seed_everything, set_rng_state,
                                  sum_over_processes, to_channels_last)
@@ -96,15 +96,16 @@ def forward(model, inputs):
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, stage, rt: Runtime, *, ema: EMA | None = None,
                     grad_clip: float = 0.0, max_steps: int = 0, progress: bool = True, desc: str = "") -> dict:
-    """One pass over ``loader``; returns mean loss and parts, throughput, and data vs step time per batch."""
-    from tqdm import tqdm
+    """One pass over ``loader``; returns mean loss and parts, throughput, and data vs step time per batch.
 
+    The bar shows on a terminal only: in a log file the epoch's summary line (printed by :func:`fit`) is all.
+    """
     model.train()
     steps = len(loader) if max_steps <= 0 else min(len(loader), max_steps)
     sums: dict[str, float] = {}
     n_samples, data_s, step_s = 0, 0.0, 0.0
     started = time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, leave=False, file=sys.stderr, disable=not (progress and rt.is_main))
+    bar = show_progress(steps, desc, "step", enabled=progress and rt.is_main, lines=0, leave=False)
     batches = iter(loader)
     for _ in range(steps):
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ test submission (``submission.csv``), confusion and reliability PNGs.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from functools import cached_property
 from pathlib import Path
 
@@ -26,11 +26,17 @@ import pandas as pd
 import torch
 
 from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, row_id
-from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugment, WeightedEpochSampler,
-                                centre_table, label_table, study_weights)
+from spine.data.crops import level_centres
+from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugment, RandomPointAugment,
+                                WeightedEpochSampler, label_table, landmark_errors, point_table, study_weights)
 from spine.data.landmarks import studies_with_series
 from spine.data.transforms import IntensityAugment
+from spine.data.views import ViewSet, view_groups
+from spine.io.tables import read_train_labels
+from spine.models import model_arguments
 from spine.train.stage import Stage
+
+log = logging.getLogger(__name__)
 
 CALIBRATION_JSON, PRIORS_JSON, SUBMISSION_CSV = "calibration.json", "priors.json", "submission.csv"
 
@@ -43,6 +49,12 @@ class GradingStage(Stage):
         super().__init__(cfg, cache)
         self.scfg = cfg.stage
         self.landmark_run = Path(cfg.landmarks) if cfg.landmarks else None
+        # the model says what it reads: per-condition views (a ``view_shape`` argument) or co-registered crops
+        self.views = None
+        if "view_shape" in model_arguments(cfg.model.name):
+            if not self.scfg.views:
+                raise ValueError(f"model {cfg.model.name} reads views: stage.views must list them per group")
+            self.views = ViewSet.from_config(self.scfg.views)
         if self.landmark_run is not None and not (self.landmark_run / "oof.csv").is_file():
             raise FileNotFoundError(f"landmarks={cfg.landmarks}: no oof.csv there (train the landmark stage "
                                     "with fold=all first, or leave landmarks empty to crop at the label points)")
@@ -50,32 +62,48 @@ class GradingStage(Stage):
     # ---- tables
     @cached_property
     def labels(self) -> pd.DataFrame:
-        """train.csv of the cache's data (or ``stage.labels``)."""
+        """train.csv of the cache's data (or ``stage.labels``), checked: `spine.io.tables.read_train_labels`
+        raises TableError for unknown grades, missing label columns or a study in several differing rows."""
         path = Path(self.scfg.labels) if self.scfg.labels else Path(self.cache.info.get("data_dir", "")) / "train.csv"
         if not path.is_file():
             raise FileNotFoundError(f"grading labels {path} not found: set stage.labels=<train.csv>")
-        return pd.read_csv(path)
+        return read_train_labels(path)
 
     def _predicted_points(self, name: str) -> pd.DataFrame | None:
         path = self.landmark_run / name if self.landmark_run is not None else None
         return pd.read_csv(path) if path is not None and path.is_file() else None
 
-    def _centres(self, study_ids: list[int], predicted: pd.DataFrame | None, what: str,
-                 fallback_to_labels: bool) -> np.ndarray:
-        """(n, L, 3) level centres: predicted points where available, else (optionally) the label points."""
-        labelled = centre_table(self.cache.coordinates, study_ids)
+    def _points(self, study_ids: list[int], predicted: pd.DataFrame | None, what: str,
+                fallback_to_labels: bool) -> np.ndarray:
+        """(n, K, L, 3) points, LPS mm: the landmark run's predictions where available, else (optionally)
+        the label points."""
+        labelled = point_table(self.cache.coordinates, study_ids)
         if predicted is None:
             if fallback_to_labels and study_ids:
-                print(f"[train] {what}: crops at the label points (no landmark run given): an optimistic score",
-                      file=sys.stderr)
+                log.warning("%s: inputs at the label points (no landmark run given): an optimistic score", what)
             return labelled if fallback_to_labels else np.full_like(labelled, np.nan)
-        centres = centre_table(predicted, study_ids)
-        missing = ~np.isfinite(centres).any(axis=(1, 2))
+        points = point_table(predicted, study_ids)
+        missing = ~np.isfinite(points).any(axis=(1, 2, 3))
         if missing.any() and fallback_to_labels:
-            print(f"[train] {what}: {int(missing.sum())} studies have no landmark prediction in "
-                  f"{self.landmark_run}: cropped at their label points", file=sys.stderr)
-            centres[missing] = labelled[missing]
-        return centres
+            log.warning("%s: %d studies have no landmark prediction in %s: taken at their label points", what,
+                        int(missing.sum()), self.landmark_run)
+            points[missing] = labelled[missing]
+        return points
+
+    def _augment(self, train_ids: list[int]):
+        """Training randomness: landmark-like point errors (views) or centre errors (crops), geometry."""
+        a = self.scfg.augment
+        if not a.enabled:
+            return None, None
+        intensity = IntensityAugment(a.bias_field, a.gamma, a.noise_std)
+        if self.views is None:
+            return RandomCropAugment(a.jitter_mm, a.level_shift, tuple(a.rotate_deg), a.scale, a.flip_lr), intensity
+        oof = self._predicted_points("oof.csv")
+        errors = None if oof is None else landmark_errors(oof, self.cache.coordinates, train_ids)
+        if errors is not None and len(errors):
+            log.info("training points move like the landmark run erred: %d studies' out-of-fold errors",
+                     len(errors))
+        return RandomPointAugment(errors, a.jitter_mm, a.level_shift, tuple(a.rotate_deg), a.scale), intensity
 
     # ---- data
     def datasets(self, fold: int):
@@ -87,27 +115,25 @@ class GradingStage(Stage):
         oof, test = self._predicted_points("oof.csv"), self._predicted_points("test.csv")
         sources = {"train": (None, True), "validation": (oof, True), "test": (test, False)}
         common = dict(cache=self.cache, series=s.series, size=s.crop.size, crop_mm=s.crop.mm, align=s.crop.align,
-                      percentiles=s.percentiles, seed=self.cfg.seed)
-        a = s.augment
+                      percentiles=s.percentiles, seed=self.cfg.seed, views=self.views)
+        series = self.views.series if self.views is not None else s.series
         out = {}
         for what, ids in splits.items():
-            ids, skipped = studies_with_series(self.cache, ids, s.series)
+            ids, skipped = studies_with_series(self.cache, ids, series)
             if what == "test" and self.landmark_run is None:
-                ids, skipped = [], []  # nowhere to crop without predicted points
+                ids, skipped = [], []  # nowhere to look without predicted points
             predicted, fallback = sources[what]
-            centres = self._centres(ids, predicted, what, fallback) if what != "train" else \
-                centre_table(self.cache.coordinates, ids)
+            points = self._points(ids, predicted, what, fallback) if what != "train" else \
+                point_table(self.cache.coordinates, ids)
+            centres = np.stack([level_centres(p) for p in points]) if len(ids) else np.zeros((0, len(LEVELS), 3))
             usable = np.isfinite(centres).all(-1).any(-1)
             if not usable.all() or skipped:
-                print(f"[train] {what}: {int((~usable).sum()) + len(skipped)} studies without series or points "
-                      "left out", file=sys.stderr)
+                log.warning("%s: %d studies without series or points left out", what,
+                            int((~usable).sum()) + len(skipped))
             ids = [i for i, ok in zip(ids, usable) if ok]
-            augment = intensity = None
-            if what == "train" and a.enabled:
-                augment = RandomCropAugment(a.jitter_mm, a.level_shift, tuple(a.rotate_deg), a.scale, a.flip_lr)
-                intensity = IntensityAugment(a.bias_field, a.gamma, a.noise_std)
+            augment, intensity = self._augment(ids) if what == "train" else (None, None)
             out[what] = GradingDataset(study_ids=ids, labels=label_table(self.labels, ids), centres=centres[usable],
-                                       augment=augment, intensity=intensity, **common)
+                                       points=points[usable], augment=augment, intensity=intensity, **common)
         return out["train"], out["validation"], (out["test"] if len(out["test"]) else None)
 
     def train_sampler(self, dataset, rank: int, world_size: int):
@@ -119,11 +145,16 @@ class GradingStage(Stage):
 
     # ---- model
     def model_kwargs(self) -> dict:
-        return {"in_chans": len(self.scfg.series), "num_levels": len(LEVELS), "num_conditions": len(CONDITIONS),
-                "num_classes": len(PROB_COLUMNS), "crop_size": list(self.scfg.crop.size)}
+        common = {"num_levels": len(LEVELS), "num_classes": len(PROB_COLUMNS)}
+        if self.views is not None:
+            return {**common, "view_shape": list(self.views.shape), "num_views": self.views.num_views,
+                    "groups": view_groups(), "num_present": len(self.views.series)}
+        return {**common, "in_chans": len(self.scfg.series), "num_conditions": len(CONDITIONS),
+                "crop_size": list(self.scfg.crop.size)}
 
     def inputs(self, batch: dict):
-        """(crops (B*L, C, X, Y, Z), level (B*L,), present (B*L, C)): every level of every study."""
+        """(crops (B*L, C, X, Y, Z) or views (B*L, K, V, S, H, W), level (B*L,), present (B*L, P)): every level
+        of every study."""
         image = batch["image"]
         b, n_levels = image.shape[:2]
         level = torch.arange(n_levels, device=image.device).repeat(b)

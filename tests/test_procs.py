@@ -1,0 +1,133 @@
+"""Worker processes end with their parent (spine.procs); progress in a log file is a few plain lines
+(spine.progress)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spine.progress import LineProgress, progress
+
+# A main process that starts a pool with a command's worker initializer, prints the worker pids and waits.
+POOL_SCRIPT = """
+import importlib, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+
+module = importlib.import_module(sys.argv[1])
+if sys.argv[2] == "fallback":  # no prctl: only the thread that polls os.getppid()
+    import spine.procs
+    spine.procs._set_pdeathsig = lambda sig: False
+
+def work(_):
+    time.sleep(0.2)
+    return os.getpid()
+
+pool = ProcessPoolExecutor(2, initializer=module._init_worker, initargs=(1,))
+list(pool.map(work, range(4)))
+print(" ".join(str(pid) for pid in pool._processes), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for a reaper that does not reap counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("module, how, sig", [
+    ("spine.preprocess.run", "prctl", signal.SIGKILL),
+    ("spine.predict.predictor", "prctl", signal.SIGTERM),
+    ("spine.preprocess.run", "fallback", signal.SIGKILL),
+])
+def test_workers_end_when_their_parent_is_killed(module, how, sig, tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), module, how], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        parent.send_signal(sig)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _alive(pid)], "workers outlived their parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in workers if "workers" in locals() else []:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------- progress
+def test_progress_in_a_file_is_a_few_plain_lines():
+    stream = io.StringIO()  # not a terminal
+    with progress(1000, "predict", "study", stream=stream) as bar:
+        for i in range(1000):
+            bar.update()
+            bar.set_postfix(loss=f"{1 / (i + 1):.3f}")
+            if i == 500:
+                bar.write("[predict] 123: fallback (priors): no series", file=stream)
+    text = stream.getvalue()
+    lines = text.splitlines()
+    assert "\r" not in text and text.endswith("\n")
+    assert 10 <= len(lines) <= 11 and "[predict] 123: fallback (priors): no series" in lines
+    assert lines[-1].startswith("predict: 1000/1000 study (100%)") and "loss=0.001" in lines[-1]
+
+
+def test_progress_without_lines_or_disabled_writes_only_messages():
+    stream = io.StringIO()
+    for bar in (progress(50, stream=stream, enabled=False), progress(50, stream=stream, lines=0)):
+        for _ in range(50):
+            bar.update()
+        bar.write("a message")
+        bar.close()
+    assert stream.getvalue() == "a message\na message\n"
+
+
+def test_progress_cut_short_says_where_it_stopped_and_a_terminal_gets_the_bar():
+    stream = io.StringIO()
+    bar = LineProgress(100, "epoch", "step", stream=stream, lines=4)
+    bar.update(30)
+    bar.close()
+    assert stream.getvalue().splitlines()[-1].startswith("epoch: 30/100 step (30%)")
+    assert len(stream.getvalue().splitlines()) == 2  # 25 %, then where it stopped
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    from tqdm import tqdm
+
+    bar = progress(10, "x", stream=Terminal())
+    assert isinstance(bar, tqdm)
+    bar.close()
+
+
+def test_preprocess_logs_progress_lines_not_bar_frames(tiny_dataset, tmp_path, capfd):
+    from spine.preprocess.__main__ import main
+
+    assert main([f"data_dir={tiny_dataset}", f"cache_dir={tmp_path}", "split=test", "workers=1"]) == 0
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("preprocess: ")]
+    assert 1 <= len(lines) <= 10 and "(100%)" in lines[-1]
