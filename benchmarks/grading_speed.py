@@ -7,7 +7,9 @@
    ``--workers`` loader processes, as crops/s (one crop = one level, all channels), against the training
    step of the chosen model on the same batch: the ratio says whether the loader outruns the model.
 2. Models: for each registered grading model, training (forward + backward + AdamW step) and inference
-   crops/s at ``--crop``^3 x 3 channels, on CPU; on CUDA also AMP (bf16) against fp32, and the ratio.
+   levels/s, on CPU; on CUDA also AMP (bf16) against fp32, and the ratio. One level is one crop of
+   ``--crop``^3 x 3 channels for the crop models, and its 5 conditions x 2 views x ``--slices`` x ``--view``^2
+   for the views models (``grading_views*``).
 No assertions: numbers and ratios, measured in the same run. Makes the small preset and its cache if missing.
 """
 
@@ -48,15 +50,22 @@ def loader_rate(cache_dir: Path, crop: int, batch: int, workers: int, n_batches:
     return {"studies_per_s": n / seconds, "crops_per_s": 5 * n / seconds, "batch": first}
 
 
-def model_rates(name: str, crop: int, batch: int, device: str, amp: bool, steps: int = 4) -> dict:
-    """Crops per second of one model: training step and inference, ``batch`` crops of 3 x crop^3."""
+def model_rates(name: str, crop: int, batch: int, device: str, amp: bool, steps: int = 4,
+                view: tuple[int, int] = (3, 32)) -> dict:
+    """Levels per second of one model: training step and inference on ``batch`` levels (crops of 3 x crop^3,
+    or ``view = (slices, px)`` views for a views model)."""
     import torch
 
-    from spine.models import create_model
+    from spine.models import create_model, model_arguments
 
-    model = create_model(name, in_chans=3, crop_size=[crop] * 3).to(device)
+    if "view_shape" in model_arguments(name):
+        shape = (view[0], view[1], view[1])
+        model = create_model(name, view_shape=shape).to(device)
+        x = torch.randn(batch, 5, 2, *shape, device=device)
+    else:
+        model = create_model(name, in_chans=3, crop_size=[crop] * 3).to(device)
+        x = torch.randn(batch, 3, crop, crop, crop, device=device)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    x = torch.randn(batch, 3, crop, crop, crop, device=device)
     level = torch.arange(batch, device=device) % 5
     present = torch.ones(batch, 3, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -87,7 +96,7 @@ def model_rates(name: str, crop: int, batch: int, device: str, amp: bool, steps:
             step()
             sync()
             times.append(time.perf_counter() - t0)
-        out[f"{what}_crops_per_s"] = batch / float(np.median(times))
+        out[f"{what}_levels_per_s"] = batch / float(np.median(times))
     return out
 
 
@@ -100,6 +109,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--models", default="", help="comma-separated; default: every registered grading model")
+    parser.add_argument("--view", type=int, default=32, help="views models: view size (px)")
+    parser.add_argument("--slices", type=int, default=3, help="views models: slices per view")
     parser.add_argument("--loader-model", default="grading_3d_small", help="the model the loader is compared to")
     parser.add_argument("--skip-loader", action="store_true")
     args = parser.parse_args()
@@ -119,19 +130,20 @@ def main() -> int:
             m = model_rates(args.loader_model, args.crop, 5 * args.batch, device, amp=device == "cuda")
             print(f"loader ({args.workers} workers, {args.crop}^3, augmented): {rate['studies_per_s']:.2f} studies/s "
                   f"= {rate['crops_per_s']:.1f} crops/s; {args.loader_model} training on {device}: "
-                  f"{m['train_crops_per_s']:.1f} crops/s; loader / model = "
-                  f"{rate['crops_per_s'] / m['train_crops_per_s']:.2f} (> 1: the model never waits)")
-    print(f"\n{'model':<20}{'device':<7}{'M params':>9}{'train crops/s':>15}{'infer crops/s':>15}"
+                  f"{m['train_levels_per_s']:.1f} crops/s; loader / model = "
+                  f"{rate['crops_per_s'] / m['train_levels_per_s']:.2f} (> 1: the model never waits)")
+    print(f"\n{'model':<20}{'device':<7}{'M params':>9}{'train levels/s':>15}{'infer levels/s':>15}"
           f"{'AMP train x':>13}{'AMP infer x':>13}")
     for name in models:
         for device in devices:
-            fp32 = model_rates(name, args.crop, args.batch, device, amp=False)
-            line = (f"{name:<20}{device:<7}{fp32['params_m']:>9.2f}{fp32['train_crops_per_s']:>15.1f}"
-                    f"{fp32['infer_crops_per_s']:>15.1f}")
+            view = (args.slices, args.view)
+            fp32 = model_rates(name, args.crop, args.batch, device, amp=False, view=view)
+            line = (f"{name:<20}{device:<7}{fp32['params_m']:>9.2f}{fp32['train_levels_per_s']:>15.1f}"
+                    f"{fp32['infer_levels_per_s']:>15.1f}")
             if device == "cuda":
-                amp = model_rates(name, args.crop, args.batch, device, amp=True)
-                line += (f"{amp['train_crops_per_s'] / fp32['train_crops_per_s']:>13.2f}"
-                         f"{amp['infer_crops_per_s'] / fp32['infer_crops_per_s']:>13.2f}")
+                amp = model_rates(name, args.crop, args.batch, device, amp=True, view=view)
+                line += (f"{amp['train_levels_per_s'] / fp32['train_levels_per_s']:>13.2f}"
+                         f"{amp['infer_levels_per_s'] / fp32['infer_levels_per_s']:>13.2f}")
             print(line, flush=True)
     return 0
 

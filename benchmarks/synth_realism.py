@@ -1,17 +1,18 @@
 """How close the synthetic studies are to the real data, in numbers.
 
-    python benchmarks/synth_realism.py [DATA_DIR ...]
+    python benchmarks/synth_realism.py [--studies N] [--seed S] [DATA_DIR ...]
 
-Prints (1) label frequencies from 5000 simulated studies (labels only, no images) against the real data's
-overall 77/16/6 %, per condition and level; (2) for each generated dataset given: slice counts, steps, image
+Prints (1) label frequencies from 5000 simulated studies (--studies; labels only, no images) against the real
+data's overall 77/16/6 %, per condition and level; (2) for each generated dataset given: slice counts, steps, image
 sizes per series type, and the scores of the oracle, the class prior and the uniform submission on its test
 studies (the competition metric).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,15 +55,33 @@ def dataset_report(data_dir: Path) -> None:
     print(table.to_string())
 
 
-def main(argv: list[str]) -> int:
-    freq = label_frequencies()
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python benchmarks/synth_realism.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dirs", nargs="*", type=Path, metavar="DATA_DIR",
+                        help="generated datasets (python -m spine.synth) to report on")
+    parser.add_argument("--studies", type=int, default=5000, help="simulated studies for the label frequencies "
+                        "(default 5000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated labels (default 0)")
+    args = parser.parse_args(argv)
+    if args.studies < 1:
+        parser.error(f"--studies must be at least 1, got {args.studies}")
+    missing = [str(d) for d in args.data_dirs if not (d / "dataset.json").is_file()]
+    if missing:
+        parser.error(f"not a generated dataset (no dataset.json): {', '.join(missing)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    freq = label_frequencies(args.studies, seed=args.seed)
     overall = freq[list(SEVERITIES)].mean().round(3).to_dict()
-    print(f"label frequencies, 5000 simulated studies: overall {overall} (real data about {REAL_OVERALL})")
+    print(f"label frequencies, {args.studies} simulated studies: overall {overall} (real data about {REAL_OVERALL})")
     print(freq.to_string(index=False))
-    for d in argv:
-        dataset_report(Path(d))
+    for d in args.data_dirs:
+        dataset_report(d)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -63,10 +63,11 @@ def main() -> int:
     run(f"5. landmark stage: where are the five disc levels (fold {fold}, short schedule)",
         [str(BIN / "spine-train"), "stage=landmarks", f"fold={fold}", f"cache_dir={cache}", f"run_dir={landmarks}",
          "overwrite=true", *(["experiment=smoke"] if tiny else ["experiment=bench_cpu"])])
-    run(f"6. grading stage: 3 severities x 5 conditions per level, crops at the predicted levels (fold {fold})",
+    run(f"6. grading stage: 3 severities x 5 conditions per level, per-condition views at the predicted points "
+        f"(fold {fold})",
         [str(BIN / "spine-train"), "stage=grading", f"fold={fold}", f"cache_dir={cache}", f"run_dir={grading}",
          f"landmarks={landmarks}", "overwrite=true",
-         *(["experiment=grading_smoke"] if tiny else ["experiment=grading_cpu"])])
+         *(["experiment=grading_smoke"] if tiny else ["experiment=grading_cpu", "epochs=40", "val_every=20"])])
     submission = out / "submission.csv"
     run("7. spine-predict: DICOM of the test studies -> submission.csv (no cache: volumes built in memory)",
         [str(BIN / "spine-predict"), f"data_dir={data}", f"runs=[{landmarks},{grading}]", f"out={submission}"])

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import LABEL_COLUMNS, PROB_COLUMNS, SEVERITY_WEIGHTS, study_row_ids
+from spine.io.tables import read_listing, read_train_labels
+from spine.logs import configure as configure_logging
 from spine.metric import labels_to_long
 
 
@@ -80,14 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--studies", required=True, help="*_series_descriptions.csv listing the study ids")
         p.add_argument("--out", required=True, help="submission CSV to write")
     args = parser.parse_args(argv)
-    try:
-        studies = pd.read_csv(args.studies)["study_id"]
+    configure_logging("spine.baselines")
+    try:  # checked tables: rows with unusable ids are skipped with a logged reason, unusable files refused
+        studies = read_listing(args.studies, "study listing").studies
         if args.kind == "prior":
-            result = class_prior_submission(pd.read_csv(args.train), studies, args.smoothing,
+            result = class_prior_submission(read_train_labels(args.train), studies, args.smoothing,
                                             weighted=not args.frequencies)
         else:
             result = uniform_submission(studies)
-    except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    except (OSError, ValueError) as err:  # TableError is a ValueError
         print(f"spine.baselines: error: {err}", file=sys.stderr)
         return 2
     result.to_csv(args.out, index=False)

@@ -2,11 +2,14 @@
 
 A forked pool worker inherits the write end of its own task pipe, so it never sees end-of-file when the main
 process dies: without help it waits forever (about 165 MB each for the preprocessing and inference workers).
-:func:`exit_with_parent`, called in a pool's ``initializer``, makes it end:
+:func:`exit_with_parent`, called in a pool's ``initializer`` with the parent's pid (``os.getpid()`` of the main
+process, passed in the pool's ``initargs``: a worker that read it itself after the fork would take init's pid
+for its parent's if the parent had already died), makes it end:
 
 * on Linux, the kernel kills it when its parent dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``, through ctypes);
-* everywhere, a daemon thread polls ``os.getppid()`` and ends the process once it changes (an orphan is
-  re-parented to init or a subreaper), within ``poll_s`` seconds.
+* everywhere, a daemon thread polls ``os.getppid()`` and ends the process once it is not the given parent (an
+  orphan is re-parented to init or a subreaper), within ``poll_s`` seconds; at once if the parent died before
+  the call (prctl then sends nothing).
 
 Linux sends the death signal when the *thread* that forked the worker ends, not only the process: pools must be
 created by a thread that outlives them (the main thread, in every command here).
@@ -28,9 +31,9 @@ POLL_S = 1.0
 log = logging.getLogger(__name__)
 
 
-def exit_with_parent(poll_s: float = POLL_S) -> None:
-    """End this process when its parent process dies (call it first thing in a worker process)."""
-    parent = os.getppid()
+def exit_with_parent(parent: int, poll_s: float = POLL_S) -> None:
+    """End this process when its parent process ``parent`` (a pid the parent passed) dies, or at once if it
+    already has (call it first thing in a worker process)."""
     _set_pdeathsig(signal.SIGKILL)
     watcher = threading.Thread(target=_watch_parent, args=(parent, poll_s), name="exit-with-parent", daemon=True)
     watcher.start()

@@ -114,3 +114,36 @@ def test_cli_prior(tmp_path: Path):
     missing = subprocess.run([sys.executable, "-m", "spine.baselines", "prior", "--train", str(tmp_path / "no.csv"),
                               "--studies", str(series_csv), "--out", str(out_csv)], capture_output=True, text=True)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+def test_cli_skips_bad_listing_rows_and_refuses_unusable_train_tables(tmp_path: Path):
+    """The CLI reads the tables as every command does (spine.io.tables): a row with a bad id is skipped with a
+    reason, never turned into row ids; a binary or duplicated train.csv is one line on stderr."""
+    train = hand_train()
+    train_csv, out_csv = tmp_path / "train.csv", tmp_path / "out.csv"
+    series_csv = tmp_path / "test_series_descriptions.csv"
+    train.to_csv(train_csv, index=False)
+    series_csv.write_text("study_id,series_id,series_description\n44,1,Sagittal T1\n../../y,123,Axial T2\n"
+                          "99999999999999999999999,5,Axial T2\n45.0,4,Axial T2\n")
+
+    def baseline(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "spine.baselines", *args, "--studies", str(series_csv),
+                               "--out", str(out_csv)], capture_output=True, text=True, timeout=120)
+
+    for kind in (["prior", "--train", str(train_csv)], ["uniform"]):
+        done = baseline(*kind)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        written = pd.read_csv(out_csv)
+        assert written.row_id.tolist() == [*study_row_ids(44), *study_row_ids(45)]
+        for expected in ("line 3 skipped: study_id '../../y' is not an integer",
+                         "line 4 skipped: study_id '99999999999999999999999' is out of range"):
+            assert expected in done.stderr, done.stderr
+    out_csv.unlink()
+    for content, expected in [(bytes(range(256)) * 8, "not a CSV text file"),
+                              (pd.concat([train, train.iloc[[0]].assign(**{LABEL_COLUMNS[0]: SEV})]).to_csv(
+                                  index=False).encode(), "studies listed in several rows with different labels")]:
+        train_csv.write_bytes(content)
+        done = baseline("prior", "--train", str(train_csv))
+        errors = [line for line in done.stderr.splitlines() if "warning:" not in line]
+        assert done.returncode == 2 and len(errors) == 1 and expected in errors[0], done.stderr
+        assert not out_csv.exists()

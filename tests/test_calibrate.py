@@ -12,12 +12,14 @@ import pytest
 from spine.calibrate import (
     FLOOR,
     Calibration,
+    _spinal_parts,
     calibration_report,
     cross_fitted,
     fit_calibration,
     labelled_predictions,
 )
-from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, SEVERITIES, SEVERITY_WEIGHTS, row_id
+from spine.constants import (CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, SEVERITIES, SEVERITY_WEIGHTS,
+                             label_column, row_id)
 from spine.metric import score
 from spine.train.plots import plot_confusion, plot_reliability
 
@@ -96,6 +98,43 @@ def test_severe_scale_minimises_the_metric(over):
     best = at(calibration.any_severe_scale)
     assert best <= at(1.0)
     assert best <= at(calibration.any_severe_scale * 1.05) and best <= at(calibration.any_severe_scale / 1.05)
+
+
+def test_calibration_objective_is_the_metric_with_unlabelled_spinal_levels():
+    """Studies whose spinal L5/S1 is unlabelled and predicted with the study's largest severe: the any-severe
+    rule of the metric (over labelled levels only) is the one the scale is fitted with."""
+    labels = LABELS.copy()
+    unlabelled = labels.study_id.to_numpy()[::3]
+    labels.loc[labels.study_id.isin(unlabelled), label_column(SPINAL, "l5_s1")] = np.nan
+    frame = predictions(3.0)
+    ids = frame.row_id.to_numpy()
+    planted = np.isin(ids, [row_id(s, SPINAL, "l5_s1") for s in unlabelled])
+    before = frame.copy()
+    frame.loc[planted, COLS] = [0.02, 0.03, 0.95]
+    spinal = np.char.find(ids.astype(str), f"_{SPINAL}_") > 0
+    for study in unlabelled[:5]:  # the planted level holds the study's largest severe
+        rows = spinal & np.char.startswith(ids.astype(str), f"{study}_")
+        assert frame.loc[rows & planted, "severe"].iloc[0] == frame.loc[rows, "severe"].max()
+    objective = _spinal_parts(labels, ids)
+    for scale in (1.0, 0.4, 2.5):
+        changed = Calibration(temperature={c: 1.3 for c in CONDITIONS}, any_severe_scale=scale)
+        for source in (frame, before):  # the unlabelled level's value changes neither side
+            calibrated = submission_only(changed.apply(source))
+            parts = score(labels, calibrated)
+            assert objective(calibrated[COLS].to_numpy()) == pytest.approx(
+                parts["spinal"] + parts["any_severe_spinal"], rel=1e-9, abs=1e-12), (scale, parts)
+        assert score(labels, submission_only(changed.apply(frame))) == score(labels, submission_only(
+            changed.apply(before)))
+    calibration = fit_calibration(frame, labels)  # through the fit: its scale minimises the metric
+
+    def at(scale: float) -> float:
+        changed = Calibration(temperature=calibration.temperature, any_severe_scale=scale)
+        return score(labels, submission_only(changed.apply(frame)))["score"]
+
+    best = at(calibration.any_severe_scale)
+    assert calibration.any_severe_scale != 1.0 and calibration.score_after == pytest.approx(best)
+    assert best <= at(1.0) and best <= at(calibration.any_severe_scale * 1.05)
+    assert best <= at(calibration.any_severe_scale / 1.05)
 
 
 def test_identity_leaves_predictions_unchanged():

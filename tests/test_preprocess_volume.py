@@ -198,8 +198,9 @@ def test_axial_slices_inside_a_sagittal_series_are_left_out(tmp_path: Path) -> N
         same_volume(volume, make_volume(read_series(tmp_path / "axial"), spacing))
 
 
-def test_smaller_stack_overlapping_a_larger_one_is_left_out(tmp_path: Path) -> None:
-    """Slices of two matrix sizes interleaved in one series: the larger stack alone, at its own resolution."""
+def test_smaller_stack_interleaved_with_a_larger_one_is_merged_into_it(tmp_path: Path) -> None:
+    """Slices of two matrix sizes interleaved in one series (big ones at 0, 6, .., 36 mm, small ones at 3, .., 33
+    mm): one stack sampling depth every 3 mm, the small slices' own pixels at their own world positions."""
     big = dict(shape=(ROWS, COLS), pixel_spacing=PIXEL_SPACING)
     small = dict(shape=(8, 9), pixel_spacing=(2.0 * PIXEL_SPACING[0], 2.0 * PIXEL_SPACING[1]), first_instance=30)
     write_stack(tmp_path / "big", SAGITTAL, (0.0, 0.0, 0.0), 6.0 * np.arange(7), **big)
@@ -207,11 +208,44 @@ def test_smaller_stack_overlapping_a_larger_one_is_left_out(tmp_path: Path) -> N
     write_stack(tmp_path / "mixed", SAGITTAL, (0.0, -3.0, 2.0), 3.0 + 6.0 * np.arange(6), **small)
     mixed = read_series(tmp_path / "mixed")
     assert [s.shape for s in mixed.stacks] == [(7, ROWS, COLS), (6, 8, 9)] and not mixed.skipped
-    volume, *_ = check_linear_field(tmp_path / "big", 1)
-    kept = make_volume(mixed, GRID_SPACING)
-    assert kept.notes == ["left out 1 smaller stack(s) overlapping a larger one of the same orientation "
-                          f"(6 slices of 9x8 px overlapping 7 slices of {COLS}x{ROWS} px)"]
-    same_volume(kept, volume)
+    alone = make_volume(read_series(tmp_path / "big"), GRID_SPACING)
+    merged = make_volume(mixed, GRID_SPACING)
+    assert merged.notes == ["1 smaller stack(s) overlapping a larger one of the same orientation: merged 6 of 6 "
+                            f"slices of 9x8 px between the slices of 7 slices of {COLS}x{ROWS} px, resampled "
+                            "in-plane onto its pixel grid"]
+    (stack,) = merged.stacks
+    assert stack.shape == (13, ROWS, COLS) and stack.is_regular  # every interleaved position is used
+    np.testing.assert_allclose(stack.slice_positions - stack.slice_positions[0], 3.0 * np.arange(13), atol=1e-4)
+    assert stack.instance_numbers == [n for k in range(6) for n in (1 + k, 30 + k)] + [7]
+    assert alone.grid.spacing[0] == 6.0 and merged.grid.spacing[0] == 3.0  # x is the slice direction: 2x finer
+    assert (merged.grid.size[1:], merged.grid.origin.tolist()) == (alone.grid.size[1:], alone.grid.origin.tolist())
+    # the linear field everywhere inside, at its true world positions (both stacks write the same field)
+    values = sitk.GetArrayFromImage(merged.image)
+    world = voxel_world(merged.grid)
+    interior, _, _ = stack_index(stack, world)
+    assert interior.sum() > 1000
+    np.testing.assert_allclose(values[interior], field(world[interior]), atol=0.02)
+    masks = [sitk.GetArrayFromImage(v.mask).astype(bool) for v in (merged, alone)]  # [k, j, i], i along x
+    assert masks[0][interior].all()
+    np.testing.assert_array_equal(masks[0].any(axis=2), masks[1].any(axis=2))  # the same in-plane coverage
+    # the small slices' own pixels at their depths, the big stack's beside their field of view and at its depths
+    mixed.stacks[1].pixels += 1000.0
+    offset = sitk.GetArrayFromImage(make_volume(mixed, GRID_SPACING).image) - values
+    depth = -world[..., 0]  # mm along the sagittal normal (-x)
+    y = world[..., 1]
+    at_small = interior & (np.abs(depth % 6.0 - 3.0) < 1e-3)
+    at_big = interior & (np.abs(depth % 6.0) < 1e-3)
+    assert at_small.sum() > 100 and at_big.sum() > 100
+    np.testing.assert_allclose(offset[at_small & (y < 36.0)], 1000.0, atol=1e-2)  # its last column: y = 37
+    np.testing.assert_allclose(offset[at_small & (y > 37.0)], 0.0, atol=1e-2)
+    np.testing.assert_allclose(offset[at_big], 0.0, atol=1e-2)
+    # small slices at the depths of the big ones add nothing: left out, the big stack alone
+    write_stack(tmp_path / "same", SAGITTAL, (0.0, 0.0, 0.0), 6.0 * np.arange(7), **big)
+    write_stack(tmp_path / "same", SAGITTAL, (0.0, -3.0, 2.0), 6.0 * np.arange(6), **small)
+    same = make_volume(read_series(tmp_path / "same"), GRID_SPACING)
+    assert same.notes == ["1 smaller stack(s) overlapping a larger one of the same orientation: left out 6 slices "
+                          f"of 9x8 px overlapping 7 slices of {COLS}x{ROWS} px (no depth it lacks)"]
+    same_volume(same, alone)
     # the same two sizes as blocks one after the other along the normal, or at another angle: both kept
     write_stack(tmp_path / "blocks", SAGITTAL, (0.0, 0.0, 0.0), 6.0 * np.arange(7), **big)
     write_stack(tmp_path / "blocks", SAGITTAL, (0.0, 0.0, 0.0), 42.0 + 6.0 * np.arange(6), **small)

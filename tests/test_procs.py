@@ -29,7 +29,7 @@ def work(_):
     time.sleep(0.2)
     return os.getpid()
 
-pool = ProcessPoolExecutor(2, initializer=module._init_worker, initargs=(1,))
+pool = ProcessPoolExecutor(2, initializer=module._init_worker, initargs=(os.getpid(), 1))
 list(pool.map(work, range(4)))
 print(" ".join(str(pid) for pid in pool._processes), flush=True)
 time.sleep(600)
@@ -76,6 +76,42 @@ def test_workers_end_when_their_parent_is_killed(module, how, sig, tmp_path):
         for pid in workers if "workers" in locals() else []:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# A parent that starts a worker and exits at once; the worker calls exit_with_parent with the pid it was given
+# only after its parent is gone (the race of a worker that would read its parent's pid itself, too late).
+ORPHAN_SCRIPT = """
+import os, subprocess, sys, time
+
+if sys.argv[1] == "parent":
+    worker = subprocess.Popen([sys.executable, __file__, "worker", str(os.getpid())])
+    print(worker.pid, flush=True)
+else:
+    import spine.procs
+    spine.procs._set_pdeathsig = lambda sig: False  # prctl after the parent died would send nothing anyway
+    parent = int(sys.argv[2])
+    while os.getppid() == parent:
+        time.sleep(0.01)
+    spine.procs.exit_with_parent(parent, poll_s=0.05)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
+def test_a_worker_whose_parent_died_before_it_started_watching_exits(tmp_path):
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN_SCRIPT)
+    parent = subprocess.run([sys.executable, str(script), "parent"], stdout=subprocess.PIPE, text=True, timeout=60,
+                            check=True)
+    worker = int(parent.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 20
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), "a worker orphaned before exit_with_parent lived on"
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------- progress

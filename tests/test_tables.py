@@ -88,6 +88,17 @@ def test_train_labels_refuse_differing_duplicates_unknown_grades_and_missing_col
         read_train_labels(tmp_path / "differing.csv")
     assert "\n" not in str(err.value) and str(first) in str(err.value) and str(second) in str(err.value)
 
+    huge = train.astype({"study_id": object})
+    huge.loc[1, "study_id"] = 99999999999999999999999
+    huge.loc[2, "study_id"] = -4
+    huge.to_csv(tmp_path / "huge.csv", index=False)
+    with pytest.raises(TableError) as err:
+        read_train_labels(tmp_path / "huge.csv")
+    assert "\n" not in str(err.value)
+    for expected in ("line 3: study_id '99999999999999999999999' is out of range", "line 4: study_id '-4' is out "
+                     "of range"):
+        assert expected in str(err.value), str(err.value)
+
     for value in ("Sever", "EXTREME"):
         bad = train.copy()
         bad.loc[2, LABEL_COLUMNS[3]] = value
@@ -120,6 +131,8 @@ def test_preprocess_stops_with_one_line_on_unusable_train_tables(tiny_dataset, t
              ("train.csv", spoiled.to_csv(index=False).encode(), "'Sever'"),
              ("train.csv", train[["study_id"]].to_csv(index=False).encode(), "missing required columns"),
              ("train.csv", BINARY, "not a CSV text file"),
+             ("train.csv", train.to_csv(index=False).replace(str(study), "99999999999999999999999", 1).encode(),
+              "study_id '99999999999999999999999' is out of range"),
              ("train_label_coordinates.csv", BINARY, "not a CSV text file"),
              ("train_label_coordinates.csv", b"study_id,x\n1,2\n", "missing column(s) series_id")]
     for name, content, expected in cases:
@@ -149,17 +162,23 @@ def test_training_refuses_unknown_grades_with_one_line(tiny_cache_dir, tmp_path,
 def test_listing_rows_with_bad_ids_are_skipped_with_a_reason(tmp_path, caplog):
     (tmp_path / "listing.csv").write_text("study_id,series_id,series_description\n"
                                           "1,10,sagittal t1\n../../x,11,Axial T2\n2,abc,Axial T2\n"
-                                          "2,12, SAGITTAL T2/STIR \n3,,Axial T2\n1,10,Sagittal T1\n4,13,Sagittal T2\n")
+                                          "2,12, SAGITTAL T2/STIR \n3,,Axial T2\n1,10,Sagittal T1\n4,13,Sagittal T2\n"
+                                          "99999999999999999999999,1,Axial T2\n4,9223372036854775808,Axial T2\n"
+                                          "5,12345678901234567.0,Axial T2\n9223372036854775807.00,+14,Axial T2\n")
     with caplog.at_level(logging.WARNING):
         listing = read_listing(tmp_path / "listing.csv")
-    assert listing.studies == [1, 2, 3, 4]
+    assert listing.studies == [1, 2, 3, 4, 5, 2**63 - 1]
     assert listing.series[["study_id", "series_id", "description"]].values.tolist() == [
-        [1, 10, "Sagittal T1"], [2, 12, "Sagittal T2/STIR"], [4, 13, "Sagittal T2/STIR"]]
-    assert listing.skipped.line.tolist() == [3, 4, 6, 7]
+        [1, 10, "Sagittal T1"], [2, 12, "Sagittal T2/STIR"], [4, 13, "Sagittal T2/STIR"],
+        [5, 12345678901234567, "Axial T2"], [2**63 - 1, 14, "Axial T2"]]  # exactly, not through float
+    assert listing.skipped.line.tolist() == [3, 4, 6, 7, 9, 10]
     assert listing.skipped_of(2) == ["line 4: series_id 'abc' is not an integer"]
+    assert listing.skipped_of(4) == ["line 10: series_id '9223372036854775808' is out of range "
+                                     "(0..9223372036854775807)"]
     logged = warnings_of(caplog)
     for expected in ("line 3 skipped: study_id '../../x' is not an integer", "line 6 skipped: no series_id",
                      "line 7 skipped: series 1/10 listed again (first on line 2)",
+                     "line 9 skipped: study_id '99999999999999999999999' is out of range",
                      "'Sagittal T2' read as 'Sagittal T2/STIR'"):
         assert expected in logged, logged
 
@@ -168,12 +187,16 @@ def test_coordinates_with_bad_numbers_are_set_aside(tmp_path):
     (tmp_path / "c.csv").write_text("study_id,series_id,instance_number,condition,level,x,y\n"
                                     "1,10,3,Spinal Canal Stenosis,L1/L2,12.5,13\n"
                                     "1,10,3,Spinal Canal Stenosis,L2/L3,abc,13\n"
-                                    "1,x,,Spinal Canal Stenosis,L3/L4,1,inf\n")
+                                    "1,x,,Spinal Canal Stenosis,L3/L4,1,inf\n"
+                                    "99999999999999999999999,10,3,Spinal Canal Stenosis,L4/L5,1,2\n"
+                                    "1,12345678901234567.0,3.0,Spinal Canal Stenosis,L5/S1,1,2\n")
     good, rejected = read_coordinates(tmp_path / "c.csv")
-    assert good.line.tolist() == [2] and good.x.dtype == np.float64 and good.study_id.dtype == np.int64
-    assert rejected.line.tolist() == [3, 4]
+    assert good.line.tolist() == [2, 6] and good.x.dtype == np.float64 and good.study_id.dtype == np.int64
+    assert good.series_id.tolist() == [10, 12345678901234567] and good.instance_number.tolist() == [3, 3]
+    assert rejected.line.tolist() == [3, 4, 5]
     assert rejected.reason.tolist() == ["x 'abc' is not a number", "series_id 'x' is not an integer; no "
-                                        "instance_number; y 'inf' is not a number"]
+                                        "instance_number; y 'inf' is not a number",
+                                        "study_id '99999999999999999999999' is out of range (0..9223372036854775807)"]
 
 
 def test_preprocess_skips_bad_rows_maps_descriptions_and_lists_unresolved_points(tiny_dataset, tmp_path, caplog,
@@ -224,6 +247,36 @@ def test_preprocess_skips_bad_rows_maps_descriptions_and_lists_unresolved_points
     assert "4 unresolved (listed in coordinates_unresolved.csv)" in err and "Traceback" not in err, err
 
 
+def test_unresolved_points_name_the_skipped_listing_row(tiny_dataset, tmp_path, capfd):
+    """A series whose listing row was skipped (an id out of int64): its points say which row and why; ids out
+    of range in the coordinates are set aside; no traceback."""
+    from spine.preprocess.__main__ import main
+
+    data, (study,) = subset(tiny_dataset, tmp_path / "data")
+    listing = pd.read_csv(data / "train_series_descriptions.csv").astype(str)
+    axial = listing.index[listing.series_description == "Axial T2"][0]
+    listing.loc[axial, "study_id"] = "99999999999999999999999"
+    listing.to_csv(data / "train_series_descriptions.csv", index=False)
+    points = pd.read_csv(data / "train_label_coordinates.csv").astype(str)
+    on_axial = int((points.series_id == listing.series_id[axial]).sum())
+    assert on_axial > 0
+    planted = points.iloc[[0]].copy()
+    planted["study_id"] = "99999999999999999999999"
+    pd.concat([points, planted]).to_csv(data / "train_label_coordinates.csv", index=False)
+
+    assert main([f"data_dir={data}", f"cache_dir={tmp_path / 'cache'}", "workers=1", "progress=false"]) == 0
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and f"{on_axial + 1} unresolved" in err, err
+    (root,) = (tmp_path / "cache").iterdir()
+    unresolved = pd.read_csv(root / "coordinates_unresolved.csv", dtype=str).set_index("line")
+    line = axial + 2
+    expected = f"listing row skipped (line {line}: study_id '99999999999999999999999' is out of range"
+    reasons = unresolved.reason.tolist()
+    assert sum(r.startswith(expected) for r in reasons) == on_axial, reasons
+    assert unresolved.loc[str(len(points) + 2), "reason"].startswith("study_id '99999999999999999999999' is out of "
+                                                                     "range"), reasons
+
+
 # ------------------------------------------------------------------------------------------ predict
 def test_predict_skips_bad_listing_rows_and_maps_descriptions(tiny_runs, tiny_dataset, tmp_path, caplog, capsys):
     from spine.predict.__main__ import main
@@ -236,8 +289,8 @@ def test_predict_skips_bad_listing_rows_and_maps_descriptions(tiny_runs, tiny_da
     mapped, clean = listing.study_id.unique()[:2]
     variants = {"Sagittal T1": "SAGITTAL T1 ", "Sagittal T2/STIR": "Sagittal T2", "Axial T2": "axial  t2"}
     listing.loc[listing.study_id == mapped, "series_description"] = listing.series_description.map(variants)
-    bad_rows = pd.DataFrame({"study_id": ["../../x", "555", clean], "series_id": ["1", "abc", "1e3x"],
-                             "series_description": ["Axial T2"] * 3})
+    bad_rows = pd.DataFrame({"study_id": ["../../x", "555", clean, "99999999999999999999999"],
+                             "series_id": ["1", "abc", "1e3x", "1"], "series_description": ["Axial T2"] * 4})
     pd.concat([listing, bad_rows]).to_csv(data / "test_series_descriptions.csv", index=False)
     out, log = tmp_path / "submission.csv", tmp_path / "log.csv"
     with caplog.at_level(logging.WARNING):
@@ -257,6 +310,7 @@ def test_predict_skips_bad_listing_rows_and_maps_descriptions(tiny_runs, tiny_da
     assert entries.loc["555", "answer"] == "priors" and "series_id 'abc' is not an integer" in \
         entries.loc["555", "reason"]
     assert "study_id '../../x' is not an integer" in warnings_of(caplog)
+    assert "study_id '99999999999999999999999' is out of range" in warnings_of(caplog)
 
 
 def test_predict_refuses_a_binary_listing_with_one_line(tmp_path, capsys):

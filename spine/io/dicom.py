@@ -225,6 +225,21 @@ class DicomStack:
         bounds.append(self.n_slices)
         return [self._subset(slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
+    def with_slices(self, pixels: np.ndarray, image_positions_lps: np.ndarray, instance_numbers: list[int | None],
+                    source_files: list[str], source_frames: list[int]) -> DicomStack:
+        """This stack with more slices on its own pixel grid (same r, c and pixel spacing): ``pixels`` (m, rows,
+        cols) whose voxel (0, 0) is at ``image_positions_lps`` (m, 3). All slices are sorted along the normal
+        and the geometry (step, uniform, sheared) is derived again from the true IPPs."""
+        ipps = np.concatenate([self.image_positions_lps, np.asarray(image_positions_lps, dtype=np.float64)])
+        order = np.argsort(ipps @ self.direction_lps[:, 2], kind="stable")
+        pixels = np.concatenate([self.pixels, np.asarray(pixels, dtype=self.pixels.dtype)])[order]
+        numbers, files, frames = ([both[k] for k in order] for both in (
+            self.instance_numbers + list(instance_numbers), self.source_files + list(source_files),
+            self.source_frames + list(source_frames)))
+        r, c = self.direction_lps[:, 0], self.direction_lps[:, 1]
+        return _make_stack(pixels, ipps[order], r, c, (self.spacing[1], self.spacing[0]), numbers, files, frames,
+                           self.slice_thickness, self.volume_index, self.n_volumes)
+
     def _subset(self, sl: slice) -> DicomStack:
         r, c = self.direction_lps[:, 0], self.direction_lps[:, 1]
         return _make_stack(

@@ -37,7 +37,8 @@ LISTING_COLUMNS = ("study_id", "series_id", "series_description")
 COORDINATE_INPUT_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 _SNIFF_BYTES = 8192  # a NUL byte in the first this many bytes: not a text file
 _MAX_LOGGED = 10  # skipped rows logged one by one, then a count
-_INTEGER = re.compile(r"\+?\d+(\.0*)?")  # 1001, also 1001.0 (a column that once held a NaN)
+_INTEGER = re.compile(r"\+?(\d+)(?:\.0*)?")  # 1001, also 1001.0 (a column that once held a NaN)
+_MAX_ID = 2**63 - 1  # ids and instance numbers are int64, never negative
 _LISTING_SERIES_COLUMNS = ["study_id", "series_id", "description", "written", "line"]
 _SKIPPED_COLUMNS = ["line", "study_id", "series_id", "reason"]
 
@@ -79,15 +80,23 @@ def _require_columns(frame: pd.DataFrame, columns, what: str, path: Path) -> Non
                          f"(has {', '.join(map(str, frame.columns[:8]))}{', ...' if len(frame.columns) > 8 else ''})")
 
 
-def _as_int(value: object) -> int | None:
-    """An id or instance number as written (text, int or integral float), else None."""
+def _integer(value: object) -> int | None:
+    """The integer written (text, int or integral float), of any size or sign, else None.
+
+    Text ``'N.0'`` is read by dropping the ``.0`` (never through float, which would round ids beyond 2**53).
+    """
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, (float, np.floating)):
         return int(value) if math.isfinite(value) and float(value).is_integer() else None
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(float(value.strip())) if "." in value else int(value.strip())
-    return None
+    match = _INTEGER.fullmatch(value.strip()) if isinstance(value, str) else None
+    return int(match.group(1)) if match else None
+
+
+def _as_int(value: object) -> int | None:
+    """An id or instance number as written, if it is an integer in 0..2**63-1 (int64), else None."""
+    number = _integer(value)
+    return number if number is not None and 0 <= number <= _MAX_ID else None
 
 
 def _as_float(value: object) -> float | None:
@@ -99,8 +108,13 @@ def _as_float(value: object) -> float | None:
 
 
 def _id_problem(name: str, value: object) -> str:
+    """Why ``value`` is not a usable id (`_as_int` gave None): missing, not an integer, or out of range."""
     text = "" if value is None else str(value).strip()
-    return f"no {name}" if not text else f"{name} {_quoted(value)} is not an integer"
+    if not text:
+        return f"no {name}"
+    if _integer(value) is not None:
+        return f"{name} {_quoted(value)} is out of range (0..{_MAX_ID})"
+    return f"{name} {_quoted(value)} is not an integer"
 
 
 # ------------------------------------------------------------------------------------------- train.csv
@@ -115,9 +129,10 @@ def read_train_labels(path: str | Path) -> pd.DataFrame:
     frame = read_csv_checked(path, "train labels")
     _require_columns(frame, ("study_id",), "train labels", path)
     ids = [_as_int(v) for v in frame["study_id"]]
-    bad = [str(v) for v, i in zip(frame["study_id"], ids) if i is None]
+    bad = [f"line {line}: {_id_problem('study_id', v)}" for line, v, i in zip(range(2, len(ids) + 2),
+                                                                                frame["study_id"], ids) if i is None]
     if bad:
-        raise TableError(f"train labels {path}: study_id not an integer: {_examples(bad)}")
+        raise TableError(f"train labels {path}: unusable study_id: {_examples(bad)}")
     frame = frame.assign(study_id=np.asarray(ids, dtype=np.int64))
     frame = _one_row_per_study(frame, path)
     try:
@@ -170,7 +185,14 @@ class Listing:
 
     def skipped_of(self, study_id: int) -> list[str]:
         """``'line N: reason'`` of the skipped rows whose study id is ``study_id``."""
-        rows = self.skipped[[_as_int(s) == int(study_id) for s in self.skipped.study_id]]
+        return self._lines([_as_int(s) == int(study_id) for s in self.skipped.study_id])
+
+    def skipped_of_series(self, series_id: int) -> list[str]:
+        """``'line N: reason'`` of the skipped rows whose series id is ``series_id`` (whatever their study id)."""
+        return self._lines([_as_int(s) == int(series_id) for s in self.skipped.series_id])
+
+    def _lines(self, chosen: list[bool]) -> list[str]:
+        rows = self.skipped[np.asarray(chosen, dtype=bool)]
         return [f"line {r.line}: {r.reason}" for r in rows.itertuples(index=False)]
 
 

@@ -50,7 +50,7 @@ class BuildConfig:
     code_dataset: str = "spine-code"  # dataset slug of code/ (mounted at /kaggle/input/<slug>)
     weights_dataset: str = "spine-weights"  # dataset slug of weights/
     notebook: str = "spine-inference"  # notebook (kernel) slug in kernel-metadata.json
-    competition: str = COMPETITION
+    competition: str = COMPETITION  # competition slug: the notebook's data source (/kaggle/input/<slug>)
     license: str = "other"  # dataset license name (Kaggle's list: CC0-1.0, other, ...)
     gpu: bool = True  # kernel-metadata.json: enable_gpu
     predict_args: list[str] = field(default_factory=list)  # extra spine-predict overrides in the notebook

@@ -9,9 +9,11 @@ The grading stage calls ``model(views, level, present)``:
   series gives zero views) or None;
 - output: ``(N, K, num_classes)`` logits.
 
-Steps: a timm 2D encoder (``in_chans=1``, global average pool) on each slice (shared by every view and
-condition); a learned slice-position embedding; attention pooling across the S slices of a view (MIL: one
-learned score per slice, softmax over the slices) with one scorer per (group, view); the V view vectors of a
+Steps: a timm 2D encoder (global average pool) shared by every view and condition, in one of two slice modes:
+``mil`` (the GPU default): the encoder (``in_chans=1``) reads each slice, a learned slice-position embedding is
+added, and attention pools the S slices of a view (MIL: one learned score per slice, softmax over the slices,
+one scorer per (group, view)); ``channels`` (the CPU default, S times cheaper): the encoder reads a view's S
+slices as the channels of one image (2.5D). Then the V view vectors of a
 condition concatenated and fused by its group's MLP; a level embedding; a linear classifier per (group, level)
 fed the fused vector and the ``present`` flags. Groups (``groups[k]`` for condition k, default spinal 0,
 foraminal 1, subarticular 2) share everything inside a group: left and right read the same weights.
@@ -30,6 +32,7 @@ from torch import nn
 from spine.models.registry import register_model
 
 DEFAULT_GROUPS: tuple[int, ...] = (0, 1, 1, 2, 2)  # CONDITIONS -> GROUPS index (spinal, foraminal, subarticular)
+SLICE_MODES: tuple[str, ...] = ("mil", "channels")
 
 
 class GradingViewsNet(nn.Module):
@@ -37,11 +40,14 @@ class GradingViewsNet(nn.Module):
 
     def __init__(self, backbone: str, view_shape: Sequence[int] = (3, 32, 32), num_views: int = 2,
                  groups: Sequence[int] = DEFAULT_GROUPS, num_levels: int = 5, num_classes: int = 3,
-                 num_present: int = 3, dim: int = 128, dropout: float = 0.1, pretrained: bool = False,
-                 pretrained_file: str | Path | None = None, **backbone_kwargs: Any):
+                 num_present: int = 3, dim: int = 128, dropout: float = 0.1, slice_mode: str = "mil",
+                 pretrained: bool = False, pretrained_file: str | Path | None = None, **backbone_kwargs: Any):
         super().__init__()
         import timm
 
+        if slice_mode not in SLICE_MODES:
+            raise ValueError(f"slice_mode must be one of {SLICE_MODES}, got {slice_mode!r}")
+        self.slice_mode = slice_mode
         self.view_shape = tuple(int(v) for v in view_shape)
         self.num_views, self.num_present = int(num_views), int(num_present)
         self.register_buffer("groups", torch.as_tensor(list(groups), dtype=torch.long), persistent=False)
@@ -52,11 +58,14 @@ class GradingViewsNet(nn.Module):
                 raise FileNotFoundError(f"pretrained_file {pretrained_file} not found")
             pretrained, extra["pretrained_cfg_overlay"] = True, {"file": str(pretrained_file)}
         self.encoder = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="avg",
-                                         in_chans=1, **extra, **backbone_kwargs)
+                                         in_chans=1 if slice_mode == "mil" else self.view_shape[0], **extra,
+                                         **backbone_kwargs)
         features = self.encoder.num_features
         slices = self.view_shape[0]
-        self.slice_embed = nn.Parameter(torch.zeros(slices, features))
-        self.score = nn.Parameter(torch.zeros(num_groups, self.num_views, features))  # MIL scorers
+        self.slice_embed = self.score = None
+        if slice_mode == "mil":
+            self.slice_embed = nn.Parameter(torch.zeros(slices, features))
+            self.score = nn.Parameter(torch.zeros(num_groups, self.num_views, features))  # MIL scorers
         self.fuse = nn.ModuleList(nn.Sequential(nn.LayerNorm(self.num_views * features),
                                                 nn.Linear(self.num_views * features, dim), nn.GELU(),
                                                 nn.Dropout(dropout)) for _ in range(num_groups))
@@ -67,13 +76,18 @@ class GradingViewsNet(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_groups, num_levels, num_classes))
 
     def encode(self, views: torch.Tensor) -> torch.Tensor:
-        """``(N, K, V, S, H, W)`` -> ``(N, K, V, S, F)`` one vector per slice."""
+        """``(N, K, V, S, H, W)`` -> ``(N, K, V, S, F)`` one vector per slice (``mil``), or ``(N, K, V, 1, F)``
+        one per view (``channels``)."""
         n, k, v, s, h, w = views.shape
+        if self.slice_mode == "channels":
+            return self.encoder(views.reshape(n * k * v, s, h, w)).reshape(n, k, v, 1, -1)
         features = self.encoder(views.reshape(n * k * v * s, 1, h, w))
         return features.reshape(n, k, v, s, -1) + self.slice_embed.to(features.dtype)
 
     def pool(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention over the slices of each view: ``(N, K, V, F)`` and the weights ``(N, K, V, S)``."""
+        if self.score is None:  # channels: one vector per view already
+            return features[:, :, :, 0], features.new_ones(features.shape[:4])
         scorer = self.score[self.groups].to(features.dtype)  # (K, V, F)
         logits = torch.einsum("nkvsf,kvf->nkvs", features, scorer) / features.shape[-1] ** 0.5
         weights = logits.float().softmax(-1).to(features.dtype)
@@ -112,22 +126,25 @@ def grading_views(view_shape: Sequence[int] = (5, 128, 128), num_views: int = 2,
     """GPU-sized views model: a ConvNeXt-S class 2D encoder per slice (``pretrained_file`` for local ImageNet
     weights), attention pooling over slices, per-group fusion and per-level heads."""
     return GradingViewsNet(backbone, view_shape, num_views, groups, num_levels, num_classes, num_present, dim,
-                           dropout, pretrained, pretrained_file, **(backbone_kwargs or {}))
+                           dropout, "mil", pretrained, pretrained_file, **(backbone_kwargs or {}))
 
 
 @register_model
 def grading_views_small(view_shape: Sequence[int] = (3, 32, 32), num_views: int = 2,
                         groups: Sequence[int] = DEFAULT_GROUPS, num_levels: int = 5, num_classes: int = 3,
-                        num_present: int = 3, dim: int = 64, dropout: float = 0.1) -> GradingViewsNet:
-    """CPU-sized views model: a narrow timm ResNet-10-T per slice (trains in minutes on 2 cores)."""
+                        num_present: int = 3, dim: int = 64, dropout: float = 0.1,
+                        slice_mode: str = "channels") -> GradingViewsNet:
+    """CPU-sized views model: a narrow timm ResNet-10-T reading each view's slices as channels (trains in
+    minutes on 2 cores)."""
     return GradingViewsNet("resnet10t", view_shape, num_views, groups, num_levels, num_classes, num_present, dim,
-                           dropout, stem_width=16, channels=(16, 32, 64, 96))
+                           dropout, slice_mode, stem_width=16, channels=(16, 32, 64, 96))
 
 
 @register_model
 def grading_views_tiny(view_shape: Sequence[int] = (3, 16, 16), num_views: int = 2,
                        groups: Sequence[int] = DEFAULT_GROUPS, num_levels: int = 5, num_classes: int = 3,
-                       num_present: int = 3, dim: int = 16, dropout: float = 0.0) -> GradingViewsNet:
+                       num_present: int = 3, dim: int = 16, dropout: float = 0.0,
+                       slice_mode: str = "mil") -> GradingViewsNet:
     """A few thousand parameters, for tests and smoke runs."""
     return GradingViewsNet("resnet10t", view_shape, num_views, groups, num_levels, num_classes, num_present, dim,
-                           dropout, stem_width=8, channels=(8, 8, 16, 16))
+                           dropout, slice_mode, stem_width=8, channels=(8, 8, 16, 16))

@@ -811,7 +811,8 @@ def _iterate_volumes(predictor: Predictor, studies: list[int], series: dict, wor
     threads = max(1, (os.cpu_count() or 1) // workers)
 
     def new_pool():
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(os.getpid(), threads))
 
     state: dict = {"pool": new_pool(), "pending": {}}
 
@@ -844,9 +845,10 @@ def _iterate_volumes(predictor: Predictor, studies: list[int], series: dict, wor
         state["pool"].shutdown(wait=False, cancel_futures=True)
 
 
-def _init_worker(threads: int) -> None:
-    """Initializer of a pool worker: it ends with the main process (even a SIGKILLed one), ``threads`` ITK threads."""
-    exit_with_parent()
+def _init_worker(parent: int, threads: int) -> None:
+    """Initializer of a pool worker: it ends with the main process ``parent`` (even a SIGKILLed one), ``threads``
+    ITK threads."""
+    exit_with_parent(parent)
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

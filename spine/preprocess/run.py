@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine.io.tables import TableError, read_coordinates, read_listing, read_train_labels
+from spine.io.tables import Listing, TableError, read_coordinates, read_listing, read_train_labels
 from spine.preprocess import cache as layout
 from spine.preprocess.cache import (COORDINATE_COLUMNS, FOLD_COLUMNS, SERIES_COLUMNS, cache_id, cache_params,
                                     format_triple)
@@ -190,9 +190,10 @@ def cached_record(job: Job) -> dict | None:
 # ------------------------------------------------------------------------------------------- the pool
 
 
-def _init_worker(threads: int) -> None:
-    """Initializer of a pool worker: it ends with the main process (even a SIGKILLed one), ``threads`` ITK threads."""
-    exit_with_parent()
+def _init_worker(parent: int, threads: int) -> None:
+    """Initializer of a pool worker: it ends with the main process ``parent`` (even a SIGKILLed one), ``threads``
+    ITK threads."""
+    exit_with_parent(parent)
     _set_threads(threads)
 
 
@@ -219,7 +220,7 @@ def execute(jobs: list[Job], workers: int, threads: int):
     pending = deque(jobs)
     while pending:
         suspects: list[Job] = []
-        pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,))
+        pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(), threads))
         running: dict = {}
         try:
             while pending or running:
@@ -240,7 +241,7 @@ def execute(jobs: list[Job], workers: int, threads: int):
 
 
 def _run_alone(job: Job, threads: int) -> dict:
-    with ProcessPoolExecutor(1, initializer=_init_worker, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(1, initializer=_init_worker, initargs=(os.getpid(), threads)) as pool:
         try:
             return pool.submit(process_series, job).result()
         except BrokenProcessPool:
@@ -254,33 +255,34 @@ def _log(message: str) -> None:
     print(f"[preprocess] {message}", file=sys.stderr, flush=True)
 
 
-def list_jobs(cfg: PreprocessConfig, root: Path) -> tuple[list[Job], list[str]]:
-    """One job per usable row of the chosen splits' *_series_descriptions.csv; and problems with the listings.
+def list_jobs(cfg: PreprocessConfig, root: Path) -> tuple[list[Job], list[str], dict[str, Listing]]:
+    """One job per usable row of the chosen splits' *_series_descriptions.csv; problems with the listings; and
+    the listings read, per split.
 
     Rows whose ids are not integers are skipped (`spine.io.tables.read_listing` logs each with its reason);
     descriptions are the series types they name (``'sagittal t2'`` -> ``'Sagittal T2/STIR'``).
     """
     data_dir = Path(cfg.data_dir)
     spacing_table = cfg.spacing.as_dict()
-    jobs, problems = [], []
+    jobs, problems, listings = [], [], {}
     for split in cfg.splits:
         listing = data_dir / f"{split}_series_descriptions.csv"
         if not listing.is_file():
             problems.append(f"{listing} not found")
             continue
         try:
-            rows = read_listing(listing).series
+            listings[split] = read_listing(listing)
         except TableError as exc:
             problems.append(str(exc))
             continue
-        for row in rows.itertuples(index=False):
+        for row in listings[split].series.itertuples(index=False):
             study, series, description = int(row.study_id), int(row.series_id), row.description
             jobs.append(Job(split, study, series, description,
                             str(data_dir / f"{split}_images" / str(study) / str(series)), str(root),
                             spacing_for(description, spacing_table), cfg.min_slices, cfg.max_gap_factor,
                             cfg.max_voxels))
     jobs.sort(key=lambda j: (j.study_id, j.series_id))
-    return jobs, problems
+    return jobs, problems, listings
 
 
 def run(cfg: PreprocessConfig) -> Summary:
@@ -289,7 +291,7 @@ def run(cfg: PreprocessConfig) -> Summary:
     params = cache_params(cfg.spacing.as_dict(), cfg.min_slices, cfg.max_gap_factor)
     root = Path(cfg.cache_dir) / cache_id(params)
     summary = Summary(str(root))
-    jobs, problems = list_jobs(cfg, root)
+    jobs, problems, listings = list_jobs(cfg, root)
     for problem in problems:
         _log(problem)
     if "train" in cfg.splits:  # a train.csv or coordinates file that cannot be used stops the run before any work
@@ -338,7 +340,7 @@ def run(cfg: PreprocessConfig) -> Summary:
     _write_series_csv(root, ordered)
     if "train" in cfg.splits:
         summary.n_coordinates = len(coordinates[0]) + len(coordinates[1])
-        summary.n_coordinates_unresolved = _write_coordinates(root, *coordinates, records)
+        summary.n_coordinates_unresolved = _write_coordinates(root, *coordinates, records, listings.get("train"))
         _write_folds(root, labels, Path(cfg.data_dir) / "train.csv", cfg)
     else:
         for name, columns in (("coordinates.csv", COORDINATE_COLUMNS), ("folds.csv", FOLD_COLUMNS)):
@@ -397,12 +399,13 @@ def _label_coordinates(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _write_coordinates(root: Path, labels: pd.DataFrame, rejected: pd.DataFrame,
-                       records: dict[tuple[int, int], dict]) -> int:
+                       records: dict[tuple[int, int], dict], listing: Listing | None = None) -> int:
     """coordinates.csv: every usable row of train_label_coordinates.csv, plus world LPS mm and cache voxel
     (NaN where unresolved); coordinates_unresolved.csv: the rows without a world position, the ``rejected``
-    ones included, each with its reason, in file order. Returns how many rows that file lists."""
+    ones included, each with its reason, in file order; ``listing`` (train's) names the skipped listing rows of
+    series not listed. Returns how many rows that file lists."""
     labels = labels.reset_index(drop=True)
-    world, voxel, reasons = _resolve_coordinates(labels, records)
+    world, voxel, reasons = _resolve_coordinates(labels, records, listing)
     out = labels.drop(columns="line")
     out[["world_x", "world_y", "world_z"]] = world
     out[["voxel_i", "voxel_j", "voxel_k"]] = voxel
@@ -419,7 +422,7 @@ def _write_coordinates(root: Path, labels: pd.DataFrame, rejected: pd.DataFrame,
     return len(unresolved)
 
 
-def _resolve_coordinates(labels: pd.DataFrame, records: dict[tuple[int, int], dict]):
+def _resolve_coordinates(labels: pd.DataFrame, records: dict[tuple[int, int], dict], listing: Listing | None = None):
     """(world (n, 3), voxel (n, 3), reason per row: None where the instance was found) of checked coordinates."""
     world = np.full((len(labels), 3), np.nan)
     voxel = np.full((len(labels), 3), np.nan)
@@ -428,8 +431,7 @@ def _resolve_coordinates(labels: pd.DataFrame, records: dict[tuple[int, int], di
     for (study, series), rows in labels.groupby(["study_id", "series_id"]).groups.items():
         record = records.get((int(study), int(series)))
         if record is None:
-            why = (f"series {series} of study {study} not listed" if study in studies else
-                   f"study {study} not listed")
+            why = _not_listed(int(study), int(series), studies, listing)
             for index in rows:
                 reasons[index] = why
             continue
@@ -449,6 +451,17 @@ def _resolve_coordinates(labels: pd.DataFrame, records: dict[tuple[int, int], di
             if grid is not None:
                 voxel[index] = grid.world_to_voxel(world[index])
     return world, voxel, reasons
+
+
+def _not_listed(study: int, series: int, studies: set[int], listing: Listing | None) -> str:
+    """Why a series has no record: the skipped listing row of that series id if there is one, else not listed
+    (with the skipped rows of the study, if any)."""
+    named = listing.skipped_of_series(series) if listing is not None else []
+    if named:
+        return "; ".join(f"listing row skipped ({row})" for row in named)
+    why = f"series {series} of study {study} not listed" if study in studies else f"study {study} not listed"
+    others = listing.skipped_of(study) if listing is not None else []
+    return why + (f" (skipped listing rows of study {study}: {'; '.join(others)})" if others else "")
 
 
 def _write_folds(root: Path, labels: pd.DataFrame | None, train_path: Path, cfg: PreprocessConfig) -> None:

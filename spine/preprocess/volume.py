@@ -51,7 +51,10 @@ depth to slice), are left out with a note; a series with no stack left (e.g. a s
 One orientation per series (`own_orientation`): stacks whose slice normal is closest to another world axis
 than the series' own orientation (named by its description, else the one with most slices) are left out with a
 note. A stack overlapping a larger one of the same orientation (slices of another matrix size or pixel spacing
-in one series) is left out with a note (`drop_overlapping`): the larger one is used alone, at its own resolution.
+in one series, e.g. interleaved with the larger stack's slices) is merged into it with a note
+(`merge_overlapping`): its slices at depths the larger stack lacks are resampled in-plane onto the larger one's
+pixel grid and sorted in among its slices, so depth is sampled at the finer step; its slices at depths the
+larger stack already has are left out.
 """
 
 from __future__ import annotations
@@ -77,9 +80,9 @@ __all__ = [
     "SeriesVolume",
     "VolumeError",
     "build_volume",
-    "drop_overlapping",
     "instance_geometry",
     "make_volume",
+    "merge_overlapping",
     "named_orientation",
     "own_orientation",
     "pixel_to_world",
@@ -100,6 +103,7 @@ _ORIENTATION_WORDS = {"sag": "sagittal", "sagittal": "sagittal", "cor": "coronal
                       "ax": "axial", "axial": "axial", "tra": "axial", "transverse": "axial", "transversal": "axial"}
 _SAME_NORMAL_COS = float(np.cos(np.radians(1.0)))  # stacks whose normals are within 1 degree: same orientation
 _OVERLAP_FRACTION = 0.5  # same-orientation stacks sharing depth and this much of the smaller field of view overlap
+_EDGE = 1e-6  # pixels: tolerance of "between the pixel centres" of a merged slice
 
 
 class VolumeError(ValueError):
@@ -259,8 +263,8 @@ def select_stacks(series: DicomSeries, min_slices: int = DEFAULT_MIN_SLICES,
     """The stacks that make the volume, and notes on the ones left out or resampled specially.
 
     ``description`` (default: the series' own SeriesDescription) names the series' orientation: stacks of
-    another orientation are left out (`own_orientation`), and so is a same-orientation stack that overlaps a
-    larger one (`drop_overlapping`).
+    another orientation are left out (`own_orientation`), and a same-orientation stack that overlaps a larger one
+    is merged into it where it adds depths (`merge_overlapping`).
 
     Raises:
         VolumeError: no stack of at least ``min_slices`` slices.
@@ -289,7 +293,7 @@ def select_stacks(series: DicomSeries, min_slices: int = DEFAULT_MIN_SLICES,
         notes.append(f"left out {reason}")
     usable, note = own_orientation(usable, series.series_description if description is None else description)
     notes += [note] if note else []
-    usable, note = drop_overlapping(usable)
+    usable, note = merge_overlapping(usable)
     notes += [note] if note else []
     for s in usable:
         if s.is_regular:
@@ -344,28 +348,75 @@ def own_orientation(stacks: list[DicomStack], description: str | None) -> tuple[
                   f"{own} ({why})")
 
 
-def drop_overlapping(stacks: list[DicomStack]) -> tuple[list[DicomStack], str]:
-    """Leave out each stack that overlaps a larger stack of the same orientation; with a note (empty if none).
+def merge_overlapping(stacks: list[DicomStack]) -> tuple[list[DicomStack], str]:
+    """Merge each stack that overlaps a larger stack of the same orientation into it; with a note (empty if none).
 
     Same orientation: slice normals within 1 degree. Overlap: their slabs share depth along the normal and their
     fields of view share at least half of the smaller one. Larger: more slices, then more pixels per slice. Such
-    stacks come from slices of another matrix size (or pixel spacing) inside one series: averaged with the larger
-    stack they would blur it and coarsen the grid. Stacks at other angles (axial blocks per disc) or beside each
-    other are all kept.
+    stacks come from slices of another matrix size (or pixel spacing) inside one series, often interleaved with
+    the larger stack's slices (big ones at 0, 6, 12 mm, small ones at 3, 9 mm): averaged with the larger stack
+    they would blur it, and on their own they would halve the depth sampling. So the smaller stack's slices that
+    add depths the larger one lacks become slices of the larger stack (`_merge_slices`), which then samples depth
+    at the finer step; its slices at depths the larger stack already has, or beyond its slab, are left out. Stacks
+    at other angles (axial blocks per disc) or beside each other are all kept as they are.
     """
     order = sorted(range(len(stacks)), key=lambda i: (-stacks[i].n_slices, -stacks[i].shape[1] * stacks[i].shape[2], i))
-    kept: list[int] = []
-    left: list[str] = []
+    kept: dict[int, DicomStack] = {}
+    what: list[str] = []
     for i in order:
-        bigger = next((k for k in kept if _overlap(stacks[k], stacks[i])), None)
+        bigger = next((k for k in kept if _overlap(kept[k], stacks[i])), None)
         if bigger is None:
-            kept.append(i)
-        else:
-            left.append(f"{_describe(stacks[i])} overlapping {_describe(stacks[bigger])}")
-    if not left:
+            kept[i] = stacks[i]
+            continue
+        merged, used = _merge_slices(kept[bigger], stacks[i])
+        what.append(_merge_note(stacks[i], stacks[bigger], used))
+        kept[bigger] = merged
+    if not what:
         return stacks, ""
-    return [stacks[i] for i in sorted(kept)], (f"left out {len(left)} smaller stack(s) overlapping a larger one "
-                                                f"of the same orientation ({'; '.join(left)})")
+    return [kept[i] for i in sorted(kept)], (f"{len(what)} smaller stack(s) overlapping a larger one of the same "
+                                             f"orientation: {'; '.join(what)}")
+
+
+def _merge_note(small: DicomStack, big: DicomStack, used: int) -> str:
+    if not used:
+        return f"left out {_describe(small)} overlapping {_describe(big)} (no depth it lacks)"
+    left = small.n_slices - used
+    return (f"merged {used} of {_describe(small)} between the slices of {_describe(big)}, resampled in-plane onto "
+            f"its pixel grid" + (f" ({left} at depths it has or beyond its slab left out)" if left else ""))
+
+
+def _merge_slices(big: DicomStack, small: DicomStack) -> tuple[DicomStack, int]:
+    """``big`` with the slices of ``small`` at depths (along big's normal) inside big's slab and at least a
+    quarter of big's step from each of its slices, resampled in-plane onto big's pixel grid; and their count.
+
+    Each merged slice lies in big's slice geometry at the small slice's depth (its IPP on big's true IPPs, so
+    world positions stay exact; the small slice is projected along the normal, exact for stacks of one
+    orientation as in one series). Its pixels are the small slice's, interpolated linearly in-plane between
+    its pixel centres, else big's, interpolated linearly between its two neighbouring slices: beside the
+    smaller field of view the larger stack is unchanged (real data there rather than held edge values).
+    """
+    depth = big.world_to_index(small.image_positions_lps)[:, 2]  # continuous slice index of big
+    nearest = np.abs(depth - np.round(depth))
+    chosen = np.flatnonzero((depth > 0) & (depth < big.n_slices - 1) & (nearest >= 0.25))
+    if not len(chosen):
+        return big, 0
+    _, rows, cols = big.shape
+    jj, ii = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    pixels, ipps = [], []
+    for m in chosen:
+        k = depth[m]
+        ijk = np.stack([ii, jj, np.full_like(ii, k)], axis=-1)
+        si, sj, _ = np.moveaxis(small.world_to_index(big.index_to_world(ijk)), -1, 0)
+        covered = ((si >= -_EDGE) & (si <= small.shape[2] - 1 + _EDGE)
+                   & (sj >= -_EDGE) & (sj <= small.shape[1] - 1 + _EDGE))
+        values = ndimage.map_coordinates(small.pixels[m], [sj, si], order=1, mode="nearest", output=np.float32)
+        k0, t = int(np.floor(k)), float(k - np.floor(k))
+        beside = (1.0 - t) * big.pixels[k0] + t * big.pixels[k0 + 1]
+        pixels.append(np.where(covered, values, beside).astype(np.float32))
+        ipps.append(big.index_to_world(np.array([0.0, 0.0, k])))
+    merged = big.with_slices(np.stack(pixels), np.stack(ipps), [small.instance_numbers[m] for m in chosen],
+                             [small.source_files[m] for m in chosen], [small.source_frames[m] for m in chosen])
+    return merged, len(chosen)
 
 
 def _describe(stack: DicomStack) -> str:

@@ -19,7 +19,7 @@ class GridConfig:
     """The landmark grid: axes along world x (patient left), y (posterior), z (head), centred on the volume."""
 
     size: list[int] = field(default_factory=lambda: [24, 80, 80])  # voxels along x, y, z
-    spacing_mm: list[float] = field(default_factory=lambda: [4.0, 4.0, 4.0])
+    spacing_mm: list[float] = field(default_factory=lambda: [4.0, 4.0, 4.0])  # mm between voxels along x, y, z
 
     def __post_init__(self) -> None:
         if len(self.size) != 3 or len(self.spacing_mm) != 3 or min(self.size) < 1 or min(self.spacing_mm) <= 0:
@@ -30,10 +30,10 @@ class GridConfig:
 class LandmarkAugmentConfig:
     """Random geometry (applied when the grid is sampled) and torchio intensity transforms."""
 
-    enabled: bool = True
+    enabled: bool = True  # augment training samples; false: none of the transforms below
     rotate_deg: list[float] = field(default_factory=lambda: [10.0, 5.0, 5.0])  # max |angle| about x, y, z
     scale: float = 0.1  # zoom in [1 - scale, 1 + scale]
-    translate_mm: list[float] = field(default_factory=lambda: [6.0, 16.0, 16.0])
+    translate_mm: list[float] = field(default_factory=lambda: [6.0, 16.0, 16.0])  # max |shift| along x, y, z
     flip_lr: float = 0.5  # probability of a left-right mirror (left/right points are swapped)
     bias_field: float = 0.3  # torchio RandomBiasField coefficients; 0 = off
     gamma: float = 0.3  # torchio RandomGamma log-gamma range; 0 = off
@@ -42,7 +42,7 @@ class LandmarkAugmentConfig:
 
 @dataclass
 class LandmarkStageConfig:
-    name: str = "landmarks"
+    name: str = "landmarks"  # the stage (landmarks | grading); its options are the stage.* keys
     # Input channels, in order; the first series present defines the grid centre. A missing series is a
     # zero channel.
     series: list[str] = field(default_factory=lambda: ["Sagittal T2/STIR", "Sagittal T1"])
@@ -52,7 +52,7 @@ class LandmarkStageConfig:
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])  # robust per-series normalisation
     sigma_mm: float = 8.0  # target Gaussian of the heatmap cross-entropy
     l1_scale_mm: float = 10.0  # loss = heatmap_weight * CE + mean |error mm| / l1_scale_mm
-    heatmap_weight: float = 1.0
+    heatmap_weight: float = 1.0  # weight of the heatmap cross-entropy in the loss (see l1_scale_mm)
     decode: str = "global"  # global: soft-argmax over the grid; local: around each heatmap's peak only
     decode_radius_mm: float = 12.0  # half-width of the local window
     plot_studies: int = 4  # studies drawn in the PNG of each validation
@@ -91,20 +91,20 @@ class CropConfig:
 class GradingAugmentConfig:
     """Training crops: landmark-like centre errors, geometry, torchio intensity transforms."""
 
-    enabled: bool = True
+    enabled: bool = True  # augment training crops; false: none of the transforms below
     jitter_mm: float = 2.5  # std of the centre error per world axis (the landmark stage's median is ~3 mm)
     level_shift: float = 0.02  # probability per level of cropping a neighbouring level instead
-    rotate_deg: list[float] = field(default_factory=lambda: [10.0, 10.0, 10.0])
-    scale: float = 0.1
+    rotate_deg: list[float] = field(default_factory=lambda: [10.0, 10.0, 10.0])  # max |angle| about i, j, k
+    scale: float = 0.1  # zoom in [1 - scale, 1 + scale]
     flip_lr: float = 0.5  # mirror across the sagittal midline; left/right labels are swapped
-    bias_field: float = 0.0
-    gamma: float = 0.3
-    noise_std: float = 0.03
+    bias_field: float = 0.0  # torchio RandomBiasField coefficients; 0 = off
+    gamma: float = 0.3  # torchio RandomGamma log-gamma range; 0 = off
+    noise_std: float = 0.03  # torchio RandomNoise std upper bound (normalised units); 0 = off
 
 
 @dataclass
 class GradingStageConfig:
-    name: str = "grading"
+    name: str = "grading"  # the stage (landmarks | grading); its options are the stage.* keys
     series: list[str] = field(default_factory=lambda: list(SERIES_TYPES))  # crop channels, in order
     crop: CropConfig = field(default_factory=CropConfig)
     augment: GradingAugmentConfig = field(default_factory=GradingAugmentConfig)
@@ -113,7 +113,7 @@ class GradingStageConfig:
     loss: str = "ce"  # ce | focal | bce (see spine.losses.grading_loss)
     class_weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # the metric's weights
     any_severe_weight: float = 1.0  # weight of the any-severe-spinal term (the metric: 1 of 4 parts)
-    focal_gamma: float = 2.0
+    focal_gamma: float = 2.0  # focusing exponent of loss=focal (0: cross-entropy)
     # Oversampling: a study is drawn with the weight of its worst labelled grade (Normal/Mild, Moderate,
     # Severe). [1, 1, 1] = uniform. The class weights of the loss already match the metric, so oversampling
     # on top of them shifts the predicted priors; calibration (below) corrects a part of that.
@@ -154,11 +154,11 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = 1e-3  # peak AdamW learning rate (after the warmup)
     weight_decay: float = 0.05  # AdamW; not applied to biases and norm weights
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2)
     warmup_epochs: float = 1.0  # linear warmup, then cosine decay to min_lr_ratio * lr
-    min_lr_ratio: float = 0.01
+    min_lr_ratio: float = 0.01  # the cosine decay ends at min_lr_ratio * lr
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
 
 

@@ -90,7 +90,7 @@ class GradingStage(Stage):
             points[missing] = labelled[missing]
         return points
 
-    def _augment(self, train_ids: list[int]):
+    def _augment(self):
         """Training randomness: landmark-like point errors (views) or centre errors (crops), geometry."""
         a = self.scfg.augment
         if not a.enabled:
@@ -98,8 +98,8 @@ class GradingStage(Stage):
         intensity = IntensityAugment(a.bias_field, a.gamma, a.noise_std)
         if self.views is None:
             return RandomCropAugment(a.jitter_mm, a.level_shift, tuple(a.rotate_deg), a.scale, a.flip_lr), intensity
-        oof = self._predicted_points("oof.csv")
-        errors = None if oof is None else landmark_errors(oof, self.cache.coordinates, train_ids)
+        oof = self._predicted_points("oof.csv")  # every out-of-fold study: the landmark model's error pattern
+        errors = None if oof is None else landmark_errors(oof, self.cache.coordinates, sorted(set(oof.study_id)))
         if errors is not None and len(errors):
             log.info("training points move like the landmark run erred: %d studies' out-of-fold errors",
                      len(errors))
@@ -131,7 +131,7 @@ class GradingStage(Stage):
                 log.warning("%s: %d studies without series or points left out", what,
                             int((~usable).sum()) + len(skipped))
             ids = [i for i, ok in zip(ids, usable) if ok]
-            augment, intensity = self._augment(ids) if what == "train" else (None, None)
+            augment, intensity = self._augment() if what == "train" else (None, None)
             out[what] = GradingDataset(study_ids=ids, labels=label_table(self.labels, ids), centres=centres[usable],
                                        points=points[usable], augment=augment, intensity=intensity, **common)
         return out["train"], out["validation"], (out["test"] if len(out["test"]) else None)
