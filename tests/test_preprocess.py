@@ -207,3 +207,30 @@ def test_cli_run_killed_at_any_moment_resumes_to_the_same_cache(tiny_dataset: Pa
     assert {p.relative_to(resumed.root) for p in resumed.root.rglob("*") if p.is_file()} == reference
     for relative in reference - {Path("cache.json")}:  # byte for byte the cache of one uninterrupted run
         assert (resumed.root / relative).read_bytes() == (tiny_cache.root / relative).read_bytes(), relative
+
+
+def test_cache_open_never_guesses_and_refuses_an_old_version(tmp_path):
+    import json
+
+    from spine.preprocess.cache import CACHE_VERSION, Cache, CacheError
+
+    def make(name: str, version: int) -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        (root / "series.csv").write_text("split,study_id,series_id\n")
+        (root / "cache.json").write_text(json.dumps({"params": {"version": version}}))
+        return root
+
+    with pytest.raises(CacheError, match="no preprocessing cache"):
+        Cache.open(tmp_path)
+    old = make(f"lps-v{CACHE_VERSION - 1}-aaaa", CACHE_VERSION - 1)
+    with pytest.raises(CacheError, match="rebuild it with python -m spine.preprocess"):
+        Cache.open(tmp_path)
+    with pytest.raises(CacheError, match=f"version {CACHE_VERSION - 1}"):
+        Cache.open(old)
+    new = make(f"lps-v{CACHE_VERSION}-bbbb", CACHE_VERSION)
+    assert Cache.open(tmp_path).root == new  # the one current cache; the stale one is not a candidate
+    make(f"lps-v{CACHE_VERSION}-cccc", CACHE_VERSION)
+    with pytest.raises(CacheError, match=r"holds 3 caches .*lps-v\d+-bbbb.*pass one of them"):
+        Cache.open(tmp_path)
+    assert Cache.open(new).root == new

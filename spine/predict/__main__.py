@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from spine.config import ConfigError, compose, show_help
+from spine.logs import configure as configure_logging
 from spine.predict.config import PredictConfig
 
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if show_help(args, "predict", PredictConfig, __doc__, prog="spine-predict"):
         return 0
+    configure_logging("predict")
     try:
         cfg = compose("predict", args, PredictConfig)
     except ConfigError as err:

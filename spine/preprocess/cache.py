@@ -32,9 +32,10 @@ import SimpleITK as sitk
 from spine.constants import series_type
 from spine.preprocess.volume import FILL_VALUE, Grid
 
-__all__ = ["CACHE_VERSION", "Cache", "cache_id", "cache_params", "format_triple", "parse_triple", "volume_options"]
+__all__ = ["CACHE_VERSION", "Cache", "CacheError", "cache_id", "cache_params", "format_triple", "parse_triple", "volume_options"]
 
-CACHE_VERSION = 3  # 2: grid never finer than acquired; 3: other-orientation and overlapped stacks left out
+CACHE_VERSION = 4  # 2: grid never finer than acquired; 3: other-orientation and overlapped stacks left out;
+# 4: interleaved stacks of two slice sizes merged into one
 CACHE_PREFIX = "lps"  # every volume is LPS-aligned (identity direction)
 SERIES_COLUMNS = ["split", "study_id", "series_id", "description", "status", "reason", "n_stacks",
                   "n_slices", "n_skipped_files", "orig_shape", "orig_spacing", "shape", "spacing", "origin"]
@@ -141,6 +142,18 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 # -------------------------------------------------------------------------------------------- reader
 
 
+class CacheError(FileNotFoundError):
+    """No usable cache: none, several to choose from, or one made by another cache version."""
+
+
+def _version_of(root: Path) -> int | None:
+    """The cache version in ``root/cache.json`` (None when unreadable)."""
+    try:
+        return int(json.loads((root / "cache.json").read_text())["params"]["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class Cache:
     """A preprocessing cache: ``Cache(root)`` with root the cache-id folder (the one holding series.csv).
 
@@ -163,14 +176,28 @@ class Cache:
 
     @classmethod
     def open(cls, cache_dir: str | Path) -> Cache:
-        """The cache in ``cache_dir``: cache_dir itself if it is a cache-id folder, else the newest one in it."""
+        """The cache in ``cache_dir``: cache_dir itself if it is a cache-id folder, else the one cache-id folder
+        inside it. Never guesses: several caches in ``cache_dir`` are an error that lists them, and a cache made
+        by another ``CACHE_VERSION`` is refused with the command that rebuilds it (:class:`CacheError`)."""
         cache_dir = Path(cache_dir)
         if (cache_dir / "series.csv").is_file():
-            return cls(cache_dir)
-        candidates = [d for d in cache_dir.iterdir() if (d / "series.csv").is_file()] if cache_dir.is_dir() else []
+            return cls._checked(cache_dir)
+        candidates = sorted(d for d in cache_dir.iterdir() if (d / "series.csv").is_file()) if cache_dir.is_dir() else []
         if not candidates:
-            raise FileNotFoundError(f"no preprocessing cache in {cache_dir} (run python -m spine.preprocess)")
-        return cls(max(candidates, key=lambda d: (d / "series.csv").stat().st_mtime))
+            raise CacheError(f"no preprocessing cache in {cache_dir} (run python -m spine.preprocess)")
+        current = [d for d in candidates if _version_of(d) == CACHE_VERSION]
+        if len(current) > 1 or (len(candidates) > 1 and not current):
+            raise CacheError(f"{cache_dir} holds {len(candidates)} caches ({', '.join(d.name for d in candidates)}): "
+                             f"pass one of them as cache_dir={cache_dir}/<cache id>")
+        return cls._checked(current[0] if current else candidates[0])
+
+    @classmethod
+    def _checked(cls, root: Path) -> Cache:
+        version = _version_of(root)
+        if version != CACHE_VERSION:
+            raise CacheError(f"{root} was made by cache version {version}, this spine reads version {CACHE_VERSION}: "
+                             f"rebuild it with python -m spine.preprocess (same data_dir and options)")
+        return cls(root)
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from spine.config import ConfigError, config_groups, show_help
+from spine.logs import configure as configure_logging
 from spine.train.config import STAGES, TrainConfig, load_config
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if show_help(args, "train", TrainConfig, __doc__, prog="spine-train", nested=_stage_schema(args)):
         return 0
+    configure_logging("train")
     try:
         cfg = load_config(args)
     except ConfigError as err:

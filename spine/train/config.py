@@ -168,7 +168,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     experiment: str = ""  # name of the experiment preset, recorded with the run
-    cache_dir: str = "cache"  # a preprocessing cache: a cache-id folder, or the folder holding the newest one
+    cache_dir: str = "cache"  # a preprocessing cache: a cache-id folder, or a folder holding exactly one
     run_dir: str = "runs/landmarks"  # where the run folder goes (fold<k>/ inside)
     # grading: the landmark run whose oof.csv / test.csv centre the validation / test crops (the real
     # two-stage pipeline). Empty: label points (an optimistic CV, with a warning) and no test predictions.
