@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -50,6 +51,8 @@ LOG_COLUMNS = ["study_id", "status", "answer", "reason", "seconds"]
 PROJECT_STUDIES = 720  # the summary projects the run time to this many studies (a Kaggle test set)
 INSIDE_MARGIN_MM = 10.0  # a level centre this far outside every volume counts as outside
 
+
+log = logging.getLogger(__name__)
 
 class PredictError(ValueError):
     """A configuration that cannot predict anything (no runs, a run without models, no listing)."""
@@ -278,8 +281,6 @@ class Run:
         return [VolumeSpec.of(d, self.params) for d in series]
 
 
-def _warn(message: str) -> None:
-    print(f"[predict] warning: {message}", file=sys.stderr)
 
 
 def load_run(path, device) -> Run:
@@ -303,15 +304,15 @@ def load_run(path, device) -> Run:
     if cache_json.is_file():
         params = json.loads(cache_json.read_text()).get("params", {}) or {}
     else:
-        _warn(f"{path}: no cache.json; volumes are built with the default preprocessing options")
+        log.warning(f"{path}: no cache.json; volumes are built with the default preprocessing options")
     models, folds = [], []
     fold_dirs = sorted((d for d in path.glob("fold*") if d.is_dir() and d.name[4:].isdigit()),
                        key=lambda d: int(d.name[4:]))
     for fold in fold_dirs:
         weights, spec = fold / "model.safetensors", fold / "model.json"
         if not weights.is_file() or not spec.is_file():
-            _warn(f"{fold}: unfinished fold (no {'model.safetensors' if not weights.is_file() else 'model.json'}), "
-                  "skipped")
+            missing = "model.safetensors" if not weights.is_file() else "model.json"
+            log.warning(f"{fold}: unfinished fold (no {missing}), skipped")
             continue
         try:
             described = json.loads(spec.read_text())
@@ -333,7 +334,7 @@ def load_run(path, device) -> Run:
             except (ValueError, KeyError, json.JSONDecodeError) as err:
                 raise PredictError(f"{calibration}: {err}") from None
         else:
-            _warn(f"{path}: no calibration.json, probabilities are used uncalibrated")
+            log.warning(f"{path}: no calibration.json, probabilities are used uncalibrated")
         run.priors = _read_priors(path / "priors.json")
     return run
 
@@ -341,7 +342,7 @@ def load_run(path, device) -> Run:
 def _read_priors(path: Path) -> np.ndarray | None:
     """(25, 3) class priors of priors.json in LABEL_COLUMNS order, None when absent or unusable."""
     if not path.is_file():
-        _warn(f"{path.parent}: no priors.json")
+        log.warning(f"{path.parent}: no priors.json")
         return None
     try:
         data = json.loads(path.read_text())
@@ -352,7 +353,7 @@ def _read_priors(path: Path) -> np.ndarray | None:
             raise ValueError("probabilities must be finite, non-negative, with positive row sums")
         return table / table.sum(1, keepdims=True)
     except (ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError) as err:
-        _warn(f"{path}: unusable ({_first_lines(err)}), ignored")
+        log.warning(f"{path}: unusable ({_first_lines(err)}), ignored")
         return None
 
 
@@ -401,6 +402,9 @@ class Predictor:
         if self.device.type == "cuda" and amp != "none":
             self.amp_dtype = torch.bfloat16 if amp == "bf16" and torch.cuda.is_bf16_supported() else torch.float16
         self.tta, self.batch_size = bool(tta), int(batch_size)
+        if self.tta and any(run.views is not None for run in grading_runs):
+            log.info("tta: the mirrored pass applies to crop runs and landmarks; views runs already read both "
+                     "sides with one mirrored head")
         self.cache_dir = str(cache_dir) if cache_dir else None
         if self.cache_dir:
             try:
@@ -763,7 +767,7 @@ def _row_order(studies: list[int], sample: Path | None) -> tuple[list[str], list
         try:
             ids = pd.read_csv(sample, usecols=["row_id"]).row_id.astype(str).str.strip()
         except Exception as exc:  # noqa: BLE001 - the listing alone still says what to write
-            _warn(f"{sample} unreadable ({exc}); rows in listing order")
+            log.warning(f"{sample} unreadable ({exc}); rows in listing order")
             ids = pd.Series([], dtype=str)
         rows = list(dict.fromkeys(ids))
         known = set(studies)
@@ -925,7 +929,8 @@ def predict(cfg) -> dict:
     uniform = np.full(len(PROB_COLUMNS), 1.0 / len(PROB_COLUMNS))
     unknown = [rid for rid in rows if rid not in probs]
     if unknown:
-        _warn(f"{len(unknown)} sample-submission rows name no known condition/level (e.g. {unknown[0]!r}): 1/3 each")
+        log.warning(f"{len(unknown)} sample-submission rows name no known condition/level "
+                    f"(e.g. {unknown[0]!r}): 1/3 each")
     table = _finalise(np.stack([probs.get(rid, uniform) for rid in rows])) if rows else \
         np.zeros((0, len(PROB_COLUMNS)))
     out = pd.DataFrame(table, columns=list(PROB_COLUMNS))
