@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spine.constants import CONDITIONS
-from spine.models.landmarks import create_backbone
+from spine.models.landmarks import create_backbone, pooled_encoder_2d
 from spine.models.registry import register_model
 
 
@@ -234,20 +234,13 @@ class GradingNet25D(nn.Module):
                  side_prior: float = 2.0, pretrained: bool = False, pretrained_file: str | Path | None = None,
                  **backbone_kwargs: Any):
         super().__init__()
-        import timm
-
         self.in_chans, self.crop_size = in_chans, tuple(int(s) for s in crop_size)
         self.slices_per_token = int(slices_per_token)
         if self.crop_size[0] % self.slices_per_token:
             raise ValueError(f"crop X size {self.crop_size[0]} is not a multiple of "
                              f"slices_per_token={self.slices_per_token}")
-        extra: dict[str, Any] = {}
-        if pretrained_file:
-            if not Path(pretrained_file).is_file():
-                raise FileNotFoundError(f"pretrained_file {pretrained_file} not found")
-            pretrained, extra["pretrained_cfg_overlay"] = True, {"file": str(pretrained_file)}
-        self.encoder = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="avg",
-                                         in_chans=in_chans * self.slices_per_token, **extra, **backbone_kwargs)
+        self.encoder = pooled_encoder_2d(backbone, in_chans * self.slices_per_token, pretrained, pretrained_file,
+                                         **backbone_kwargs)
         groups = self.crop_size[0] // self.slices_per_token
         self.head = ConditionQueryHead(self.encoder.num_features, (groups,), num_levels, num_conditions,
                                        num_classes, in_chans, head_dim, num_heads, num_layers, dropout,

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spine.models.landmarks import pooled_encoder_2d
 from spine.models.registry import register_model
 
 DEFAULT_GROUPS: tuple[int, ...] = (0, 1, 1, 2, 2)  # CONDITIONS -> GROUPS index (spinal, foraminal, subarticular)
@@ -43,8 +44,6 @@ class GradingViewsNet(nn.Module):
                  num_present: int = 3, dim: int = 128, dropout: float = 0.1, slice_mode: str = "mil",
                  pretrained: bool = False, pretrained_file: str | Path | None = None, **backbone_kwargs: Any):
         super().__init__()
-        import timm
-
         if slice_mode not in SLICE_MODES:
             raise ValueError(f"slice_mode must be one of {SLICE_MODES}, got {slice_mode!r}")
         self.slice_mode = slice_mode
@@ -52,14 +51,8 @@ class GradingViewsNet(nn.Module):
         self.num_views, self.num_present = int(num_views), int(num_present)
         self.register_buffer("groups", torch.as_tensor(list(groups), dtype=torch.long), persistent=False)
         num_groups = int(max(groups)) + 1
-        extra: dict[str, Any] = {}
-        if pretrained_file:
-            if not Path(pretrained_file).is_file():
-                raise FileNotFoundError(f"pretrained_file {pretrained_file} not found")
-            pretrained, extra["pretrained_cfg_overlay"] = True, {"file": str(pretrained_file)}
-        self.encoder = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="avg",
-                                         in_chans=1 if slice_mode == "mil" else self.view_shape[0], **extra,
-                                         **backbone_kwargs)
+        self.encoder = pooled_encoder_2d(backbone, 1 if slice_mode == "mil" else self.view_shape[0], pretrained,
+                                         pretrained_file, **backbone_kwargs)
         features = self.encoder.num_features
         slices = self.view_shape[0]
         self.slice_embed = self.score = None

@@ -52,14 +52,9 @@ def create_backbone(backbone: str, spatial_dims: int, in_chans: int, out_indices
         if first > min_stride:
             raise ValueError(f"backbone {backbone!r} has no stride-{min_stride} features; use min_stride={first}")
         out_indices = tuple(range(STRIDES.index(min_stride) - STRIDES.index(first), 4 - STRIDES.index(first)))
-    extra: dict[str, Any] = {}
-    if pretrained_file:
-        if not Path(pretrained_file).is_file():
-            raise FileNotFoundError(f"pretrained_file {pretrained_file} not found")
-        pretrained, extra["pretrained_cfg_overlay"] = True, {"file": str(pretrained_file)}
     try:
-        encoder = lib.create_model(backbone, pretrained=pretrained, features_only=True, in_chans=in_chans,
-                                   out_indices=tuple(out_indices), **extra, **kwargs)
+        encoder = lib.create_model(backbone, features_only=True, in_chans=in_chans, out_indices=tuple(out_indices),
+                                   **weights_options(pretrained, pretrained_file), **kwargs)
     except RuntimeError as err:
         if pretrained and not pretrained_file:
             raise RuntimeError(f"could not load pretrained weights of {backbone!r} from the hub ({err}); "
@@ -71,6 +66,25 @@ def create_backbone(backbone: str, spatial_dims: int, in_chans: int, out_indices
                          f"pass out_indices selecting strides {wanted}")
     return encoder
 
+
+
+def weights_options(pretrained: bool = False, pretrained_file: str | Path | None = None) -> dict[str, Any]:
+    """``timm.create_model`` keywords for the starting weights: a local checkpoint (``pretrained_file``, through
+    ``pretrained_cfg_overlay``), the hub (``pretrained`` alone: needs the internet) or none."""
+    if not pretrained_file:
+        return {"pretrained": bool(pretrained)}
+    if not Path(pretrained_file).is_file():
+        raise FileNotFoundError(f"pretrained_file {pretrained_file} not found")
+    return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(pretrained_file)}}
+
+
+def pooled_encoder_2d(backbone: str, in_chans: int, pretrained: bool = False,
+                      pretrained_file: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """A timm 2D encoder ending in global average pooling: ``(N, in_chans, H, W) -> (N, num_features)``."""
+    import timm
+
+    return timm.create_model(backbone, num_classes=0, global_pool="avg", in_chans=in_chans,
+                             **weights_options(pretrained, pretrained_file), **kwargs)
 
 class FPNDecoder(nn.Module):
     """Top-down feature pyramid: 1x1 laterals, nearest upsampling and sums, one 3x3 conv at the finest level."""
