@@ -25,22 +25,25 @@ import numpy as np
 import pandas as pd
 
 
-def ensure_data(data: Path, cache: Path) -> None:
+def ensure_data(data: Path, cache: Path, preset: str = "small", synth: tuple[str, ...] = (),
+                preprocess: tuple[str, ...] = ()) -> None:
+    """Generate the synthetic ``preset`` into ``data`` and preprocess it into ``cache``, each only if missing.
+    ``synth`` / ``preprocess``: extra overrides (e.g. ``n_train=16``, ``workers=8``)."""
     from spine.config import compose
 
     if not (data / "train.csv").is_file():
         from spine.synth.config import SynthConfig
         from spine.synth.generate import generate
 
-        print(f"[bench] generating the small synthetic preset into {data}", flush=True)
-        generate(compose("synth", ["preset=small", "seed=0", f"out_dir={data}"], SynthConfig))
+        print(f"[bench] generating the {preset} synthetic preset into {data}", flush=True)
+        generate(compose("synth", [f"preset={preset}", "seed=0", f"out_dir={data}", *synth], SynthConfig))
     if not any(cache.glob("*/series.csv")):
         from spine.preprocess.config import PreprocessConfig
         from spine.preprocess.run import run
 
         print(f"[bench] preprocessing into {cache}", flush=True)
-        run(compose("preprocess", [f"data_dir={data}", f"cache_dir={cache}", "split=all", "progress=false"],
-                    PreprocessConfig))
+        run(compose("preprocess", [f"data_dir={data}", f"cache_dir={cache}", "split=all", "progress=false",
+                                   *preprocess], PreprocessConfig))
 
 
 def time_loader_and_step(cfg, n_batches: int = 6) -> dict:

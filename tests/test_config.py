@@ -112,3 +112,28 @@ def test_benchmark_synth_realism_prints_its_usage_and_runs_small(tiny_dataset, t
                           text=True, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "label frequencies, 20 simulated studies" in done.stdout and "oracle" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------ experiment=rsna
+def test_experiment_rsna_composes_for_both_stages():
+    """One experiment name, a per-stage part each (_stage_experiment/rsna_<stage>.yaml); later overrides win."""
+    from spine.train.config import load_config
+
+    lm = load_config(["stage=landmarks", "experiment=rsna"])
+    assert (lm.experiment, lm.model.name, lm.amp, lm.channels_last) == ("rsna", "landmark_25d", "bf16", True)
+    assert lm.stage.grid.size == [32, 112, 112] and lm.model.args["min_stride"] == 2
+    gr = load_config(["stage=grading", "experiment=rsna", "model.args.pretrained_file=/w/convnext_s.safetensors",
+                      "epochs=12"])
+    assert gr.model.name == "grading_views" and gr.model.args["backbone"] == "convnext_small"
+    assert gr.model.args["pretrained_file"] == "/w/convnext_s.safetensors" and gr.epochs == 12
+    assert 5 <= load_config(["stage=grading", "experiment=rsna"]).epochs <= 15
+    views = [v for group in gr.stage.views.values() for v in group]
+    assert len(views) == 6 and all(v["slices"] == 5 and 128 <= v["size"][0] <= 224 for v in views)
+    assert load_config(["stage=grading"]).model.name == "grading_3d"  # no experiment: the stage's own default
+    assert load_config(["stage=grading", "experiment=grading_cpu"]).model.name == "grading_views_small"
+
+
+def test_experiment_rsna_help_lists_its_keys(capsys):
+    assert _main("spine.train.__main__")(["stage=grading", "experiment=rsna", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "rsna" in out and "convnext_small" in out and "_stage_experiment" not in out.split("keys")[0]

@@ -256,7 +256,7 @@ def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:
         ckpt.save_json({"stage": stage.name, "fold": fold, "cache_id": stage.cache.cache_id,
                         "cache_root": str(stage.cache.root), "n_train": len(train_ds), "n_val": len(val_ds),
                         "n_test": len(test_ds) if test_ds is not None else 0, "world_size": rt.world_size,
-                        "device": str(rt.device), "amp": str(rt.amp_dtype), "torch": torch.__version__,
+                        "backend": rt.backend, "device": str(rt.device), "amp": str(rt.amp_dtype), "torch": torch.__version__,
                         "parameters": sum(p.numel() for p in model.parameters())}, folder / RUN_JSON)
     log = None
     if rt.is_main:

@@ -2,7 +2,9 @@
 
 Everything CUDA-specific (AMP, channels-last) silently becomes a no-op on CPU, so one config runs on a
 laptop and on a GPU. Distributed runs are detected from the variables ``torchrun`` sets (``WORLD_SIZE``,
-``RANK``, ``LOCAL_RANK``); the backend is NCCL on CUDA and gloo on CPU.
+``RANK``, ``LOCAL_RANK``, ``TORCHELASTIC_RUN_ID``); the backend is NCCL on CUDA and gloo on CPU. Under
+``torchrun`` the process group is joined even with one process, so a one-GPU ``torchrun`` exercises the same
+DDP + NCCL path as a multi-GPU one (``benchmarks/gpu.py``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ class Runtime:
     local_rank: int = 0
     amp_dtype: torch.dtype | None = None  # None: full precision
     channels_last: bool = False
+    backend: str | None = None  # process-group backend (nccl | gloo) when one was joined
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -79,12 +82,14 @@ def setup_runtime(device: str = "auto", amp: str = "bf16", channels_last: bool =
         if dev.index is None:
             dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun, even with one process
+    if launched and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    backend = dist.get_backend() if launched and dist.is_initialized() else None
     amp_dtype = None
     if dev.type == "cuda" and amp != "none":
         amp_dtype = torch.bfloat16 if amp == "bf16" and torch.cuda.is_bf16_supported() else torch.float16
-    return Runtime(dev, rank, world_size, local_rank, amp_dtype, channels_last and dev.type == "cuda")
+    return Runtime(dev, rank, world_size, local_rank, amp_dtype, channels_last and dev.type == "cuda", backend)
 
 
 def teardown(rt: Runtime) -> None:
