@@ -85,7 +85,7 @@ def main() -> int:
     prior, model, oracle = (rows[i]["score"] for i in (1, 2, 3))
     print(f"share of the prior-to-oracle gap closed on the test studies: {(prior - model) / (prior - oracle):.1%}")
     cv = json.loads((grading / "metrics.json").read_text())["oof"]
-    print(f"cross-validation (fold {fold}, crops at the landmark stage's predictions): score {cv['score']:.4f}"
+    print(f"cross-validation (fold {fold}, inputs at the landmark stage's predictions): score {cv['score']:.4f}"
           + (f", after calibration {cv['calibrated/score']:.4f}" if "calibrated/score" in cv else ""))
     (out / "scores.json").write_text(json.dumps({"test": rows, "cv": cv}, indent=2))
     print(f"\n[demo] outputs in {out}: data/ (RSNA layout), preview.png, cache/ (volumes, series.csv, "
