@@ -122,3 +122,8 @@ def series_type(description: object) -> str:
     if name is not None:
         return name
     return description.strip() if isinstance(description, str) else ""
+
+
+def condition_side(condition: str) -> float:
+    """+1 for a patient-left condition, -1 for a right one, 0 for a midline one (its sign along world +x)."""
+    return 1.0 if condition.startswith("left") else -1.0 if condition.startswith("right") else 0.0

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spine.constants import CONDITION_GROUP, CONDITIONS, GROUPS
+from spine.constants import CONDITION_GROUP, CONDITIONS, GROUPS, condition_side
 from spine.data.crops import CropVolume, fill_centres, level_axes, level_centres
 from spine.data.grid import SamplingGrid
 from spine.data.transforms import GridAffine
@@ -129,11 +129,6 @@ class ViewSet:
 
 
 # --------------------------------------------------------------------------------------------- geometry
-def side_of(condition: str) -> float:
-    """+1 for a patient-left condition, -1 for a right one, 0 for a midline one."""
-    return 1.0 if condition.startswith("left") else -1.0 if condition.startswith("right") else 0.0
-
-
 def view_grid(centre, axes: np.ndarray, spec: ViewSpec, mirror: bool = False) -> SamplingGrid:
     """The sampling grid of one view: array ``(S, H, W)`` around ``centre`` (LPS mm).
 
@@ -160,7 +155,7 @@ def condition_points(points: np.ndarray, centres: np.ndarray, axes: np.ndarray) 
     out = np.array(points, dtype=np.float64, copy=True)
     for k, condition in enumerate(CONDITIONS):
         group = CONDITION_GROUP[condition]
-        offset = np.array(FALLBACK_OFFSETS_MM[group]) * np.array([side_of(condition) or 1.0, 1.0, 1.0])
+        offset = np.array(FALLBACK_OFFSETS_MM[group]) * np.array([condition_side(condition) or 1.0, 1.0, 1.0])
         for lv in range(out.shape[1]):
             if not np.isfinite(out[k, lv]).all():
                 out[k, lv] = centres[lv] + axes[lv] @ offset
@@ -171,7 +166,7 @@ def view_centre(spec: ViewSpec, condition: str, level: int, points: np.ndarray) 
     """World centre of ``spec`` for ``condition`` at ``level`` from filled points ``(K, L, 3)``."""
     if spec.centre in ("spinal", "level"):
         return points[_INDEX["spinal_canal_stenosis"], level]
-    side = "left" if side_of(condition) >= 0 else "right"
+    side = "left" if condition_side(condition) >= 0 else "right"
     name = {"foraminal": "neural_foraminal_narrowing", "subarticular": "subarticular_stenosis"}[spec.centre]
     return points[_INDEX[f"{side}_{name}"], level]
 
@@ -190,7 +185,7 @@ def study_view_grids(points: np.ndarray, views: ViewSet, align: bool = True,
     for lv in range(len(centres)):
         per_condition = []
         for condition in CONDITIONS:
-            mirror = side_of(condition) < 0
+            mirror = condition_side(condition) < 0
             grids = []
             for spec in views.groups[CONDITION_GROUP[condition]]:
                 grid = view_grid(view_centre(spec, condition, lv, filled), axes[lv], spec, mirror)
@@ -239,5 +234,5 @@ def build_views(volumes: dict[str, CropVolume | None], points: np.ndarray, views
 
 
 __all__: Sequence[str] = ["CENTRES", "FALLBACK_OFFSETS_MM", "PLANES", "ViewSet", "ViewSpec", "build_views",
-                          "condition_points", "sample_views", "side_of", "study_view_grids", "view_centre",
+                          "condition_points", "sample_views", "study_view_grids", "view_centre",
                           "view_grid", "view_groups"]

@@ -39,14 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spine.constants import CONDITIONS
+from spine.constants import CONDITIONS, condition_side
 from spine.models.landmarks import create_backbone, pooled_encoder_2d
 from spine.models.registry import register_model
 
 
 def side_signs(conditions: Sequence[str] = CONDITIONS) -> list[float]:
     """+1 for a patient-left condition, -1 for a right one, 0 otherwise (the sign of its side along X)."""
-    return [1.0 if c.startswith("left") else -1.0 if c.startswith("right") else 0.0 for c in conditions]
+    return [condition_side(c) for c in conditions]
 
 
 def _resize(param: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
