@@ -365,7 +365,7 @@ def run_torchrun(tiny_cache: Path, out: Path, tiny: bool, budget: Budget, skip: 
 def run_predict(data: Path, runs: list[Path], out: Path, device, budget: Budget) -> dict:
     from spine.config import compose
     from spine.predict.config import PredictConfig
-    from spine.predict.predictor import predict
+    from spine.predict.run import predict
 
     if len(runs) < 2:
         return {"status": "skipped: no landmark and grading runs (torchrun skipped or failed, no --runs)"}

@@ -82,8 +82,7 @@ def centre_baseline(cache, oof: pd.DataFrame, series: str) -> pd.DataFrame:
     """Every point at its mean offset (training studies of each fold) from the volume centre."""
     def centre(study: int) -> np.ndarray:
         ids = cache.series_of(study, series)
-        grid = cache.grid(study, ids[0])
-        return grid.origin + grid.spacing * (np.asarray(grid.size) - 1) / 2
+        return cache.load_volume(study, ids[0]).centre  # LPS mm, middle of the series' voxel centres
 
     coords = cache.coordinates.groupby(["study_id", "condition", "level"], as_index=False)[
         ["world_x", "world_y", "world_z"]].mean()

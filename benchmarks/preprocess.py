@@ -1,27 +1,40 @@
-"""Preprocessing throughput against the floor (bare pydicom decode) and a naive SimpleITK series reader.
+"""Preprocessing throughput against the floor (bare pydicom decode), cache size against the DICOM pixel data, and
+the sampler's speed on the cached stacks.
 
-    .venv/bin/python benchmarks/preprocess.py [--studies 6] [--data DIR] [--keep] [--workers 1 2]
+    .venv/bin/python benchmarks/preprocess.py [--studies 4] [--data DIR] [--keep] [--repeat 2] [--items 24]
 
-Generates ``--studies`` studies of the ``realistic`` synthetic preset into a temporary folder (or uses
-``--data``, an RSNA-layout folder), then times on the same files:
-- decode: ``pydicom.dcmread(f).pixel_array`` for every file, one process (the floor: no geometry, no volume);
-- naive sitk: ``sitk.ImageSeriesReader`` on each series folder (one regular grid per series, which is wrong
-  for multi-stack series; shown for scale);
-- read_series: our reader alone (decode + geometry + float32 stacks);
-- preprocess: ``spine.preprocess.run`` into a fresh cache with 1 and 2 worker processes;
-and prints studies per second, the ratios to the floor, where the preprocessing time goes, and the cache size
-per study. Files are read once before timing, so every variant reads from the page cache.
+Generates ``--studies`` studies of the ``realistic`` synthetic preset into a temporary folder (or uses ``--data``,
+an RSNA-layout folder), then, on the same files:
+- decode: ``pydicom.dcmread(f).pixel_array`` for every file, one process (the floor: no geometry, no writing);
+- read_series: our reader alone (decode + geometry + stacks);
+- preprocess: ``spine.preprocess.run`` into a fresh cache with 1 worker (target: at most 1.5x the decode) and
+  with 2 workers;
+- cache bytes: every file under the cache's ``volumes/`` (stack files and records) against the DICOM pixel bytes
+  (Rows * Columns * BitsAllocated / 8 summed over the files; target: at most 1.1x);
+- sampler, one core (``SeriesVolume.sample`` on the memory-mapped cache): a 3-channel 64^3 crop from the three
+  series of a study (`spine.data.crops.crop_grid`, one ``sample`` per series) and a 5-slice 64x64 sagittal view
+  of one series, centred on the study's label points; ms per item and items per second.
+Files are read once before timing, so every variant reads from the page cache.
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
-import time
-from pathlib import Path
+import os
 
-import pandas as pd
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # the sampler on one core
+    os.environ.setdefault(_name, "1")
+
+import argparse  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+SERIES_TYPES = ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")
+SAGITTAL_VIEW = np.column_stack([(1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0)])  # slices L-R, rows feet
 
 
 def _generate(out: Path, studies: int) -> None:
@@ -45,21 +58,59 @@ def _best(fn, repeat: int) -> float:
     return best
 
 
-def _size_mb(paths) -> float:
-    return sum(p.stat().st_size for p in paths) / 1e6
+def _per_item(fn, items: list) -> float:
+    """Seconds per item of ``fn(item)``, after one warm-up item."""
+    fn(items[0])
+    started = time.perf_counter()
+    for item in items:
+        fn(item)
+    return (time.perf_counter() - started) / len(items)
+
+
+def _sampler(cache_root: Path, n_items: int) -> dict[str, float]:
+    """Seconds per 3-channel 64^3 crop and per 5 x 64 x 64 view, on the first study with all three series."""
+    from spine.data.crops import crop_grid
+    from spine.data.grid import SamplingGrid
+    from spine.preprocess.cache import Cache
+
+    cache = Cache(cache_root)
+    coords = cache.coordinates
+    for study in sorted(set(cache.series.study_id)):
+        ids = [cache.series_of(study, t) for t in SERIES_TYPES]
+        points = coords[coords.study_id == study][["world_x", "world_y", "world_z"]].dropna().to_numpy()
+        if all(ids) and len(points):
+            break
+    else:
+        raise SystemExit("no study with all three series and label points in the cache")
+    volumes = [cache.load_volume(study, series[0]) for series in ids]
+    for volume in volumes:
+        volume.intensity_range()  # once per series, as a dataset does
+    rng = np.random.default_rng(0)
+    centres = [points[i % len(points)] + rng.uniform(-4, 4, 3) for i in range(n_items)]
+
+    def crop(centre) -> np.ndarray:
+        grid = crop_grid(centre, size=(64, 64, 64))
+        return np.stack([volume.sample(grid)[0] for volume in volumes])
+
+    def view(centre) -> np.ndarray:
+        grid = SamplingGrid.centred(centre, (5, 64, 64), (3.0, 0.8, 0.8), SAGITTAL_VIEW)
+        return volumes[1].sample(grid)[0]
+
+    assert crop(centres[0]).shape == (3, 64, 64, 64) and view(centres[0]).shape == (5, 64, 64)
+    return {"3-channel 64^3 crop (3 series)": _per_item(crop, centres),
+            "5 x 64 x 64 sagittal view (1 series)": _per_item(view, centres)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=6)
+    parser.add_argument("--studies", type=int, default=4)
     parser.add_argument("--data", type=Path, help="existing RSNA-layout folder (default: generate one)")
     parser.add_argument("--keep", action="store_true", help="keep the generated data and caches")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=2, help="repeats of the decode / reader timings (best kept)")
+    parser.add_argument("--items", type=int, default=24, help="crops and views timed")
     args = parser.parse_args()
 
     import pydicom
-    import SimpleITK as sitk
 
     from spine.config import compose
     from spine.io.dicom import read_series
@@ -73,59 +124,60 @@ def main() -> None:
         _generate(data, args.studies)
     listing = pd.read_csv(data / "train_series_descriptions.csv")
     folders = [data / "train_images" / str(r.study_id) / str(r.series_id) for r in listing.itertuples()]
-    files = sorted(p for folder in folders for p in folder.iterdir())
+    files = sorted(p for folder in folders if folder.is_dir() for p in folder.iterdir())
     n_studies = listing.study_id.nunique()
-    source_mb = _size_mb(files)
     for path in files:  # page cache: every variant below reads warm files
         path.read_bytes()
-    print(f"{n_studies} studies, {len(folders)} series, {len(files)} files, {source_mb / n_studies:.1f} MB "
-          f"DICOM per study")
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    pixel_bytes = sum(int(h.Rows) * int(h.Columns) * int(h.BitsAllocated) // 8 for h in headers)
+    file_bytes = sum(p.stat().st_size for p in files)
+    print(f"{n_studies} studies, {len(folders)} series, {len(files)} files: {file_bytes / 1e6 / n_studies:.1f} MB "
+          f"DICOM per study, of which {pixel_bytes / 1e6 / n_studies:.1f} MB pixel data")
 
     def decode() -> None:
         for path in files:
             pydicom.dcmread(path).pixel_array  # noqa: B018 - the decode is the point
 
-    def naive_sitk() -> None:
-        for folder in folders:
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
-            reader.Execute()
-
     def reader_only() -> None:
         for folder in folders:
             read_series(folder)
 
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # multi-stack series: "non uniform sampling" warnings
     times = {"decode (pydicom, floor)": _best(decode, args.repeat),
-             "naive sitk.ImageSeriesReader": _best(naive_sitk, args.repeat),
              "read_series (our reader)": _best(reader_only, args.repeat)}
     details = {}
-    for workers in args.workers:
+    for workers in (1, 2):
         cache_dir = work / f"cache_w{workers}"
         cfg = compose("preprocess", [f"data_dir={data}", f"cache_dir={cache_dir}", f"workers={workers}",
                                      "progress=false"], PreprocessConfig)
         started = time.perf_counter()
         summary = run(cfg)
         times[f"preprocess, {workers} worker(s)"] = time.perf_counter() - started
-        details[workers] = (summary, cache_dir)
+        details[workers] = summary
         assert summary.n_errors == 0, summary.failures
 
     floor = times["decode (pydicom, floor)"]
-    print(f"\n{'variant':34s} {'seconds':>8s} {'studies/s':>10s} {'x decode':>9s}")
+    print(f"\n| variant | seconds | studies/s | x decode |\n|---|---:|---:|---:|")
     for name, seconds in times.items():
-        print(f"{name:34s} {seconds:8.2f} {n_studies / seconds:10.2f} {seconds / floor:9.2f}")
-    naive = times["naive sitk.ImageSeriesReader"]
-    for workers, (summary, cache_dir) in details.items():
-        seconds = times[f"preprocess, {workers} worker(s)"]
-        print(f"\npreprocess with {workers} worker(s): {seconds / floor:.2f}x the bare decode (target 1.5x), "
-              f"{seconds / naive:.2f}x the naive sitk reader; time in workers: read {summary.read_s:.2f} s, "
-              f"resample {summary.resample_s:.2f} s, write {summary.write_s:.2f} s; peak worker memory "
-              f"{summary.peak_rss_mb:.0f} MB")
-    summary, cache_dir = details[args.workers[0]]
-    volumes = list(Path(summary.cache_root, "volumes").rglob("*.nii"))
-    masks = list(Path(summary.cache_root, "volumes").rglob("*_mask.nii.gz"))
-    print(f"\ncache per study: {_size_mb(volumes) / n_studies:.1f} MB volumes (float32 .nii) + "
-          f"{_size_mb(masks) / n_studies:.2f} MB masks (.nii.gz); DICOM source {source_mb / n_studies:.1f} MB")
+        print(f"| {name} | {seconds:.2f} | {n_studies / seconds:.2f} | {seconds / floor:.2f} |")
+    one = times["preprocess, 1 worker(s)"]
+    summary = details[1]
+    print(f"\npreprocess, 1 worker: {one / floor:.2f}x the bare decode (target <= 1.5x); time in the worker: read "
+          f"{summary.read_s:.2f} s, select {summary.select_s:.2f} s, write {summary.write_s:.2f} s; peak worker "
+          f"memory {summary.peak_rss_mb:.0f} MB; 2 workers: {times['preprocess, 2 worker(s)'] / floor:.2f}x")
+
+    volumes = [p for p in Path(summary.cache_root, "volumes").rglob("*") if p.is_file()]
+    cache_bytes = sum(p.stat().st_size for p in volumes)
+    stack_bytes = sum(p.stat().st_size for p in volumes if p.suffix == ".nii")
+    print(f"\n| bytes per study | MB | x DICOM pixel data |\n|---|---:|---:|")
+    for name, size in (("DICOM files", file_bytes), ("DICOM pixel data", pixel_bytes),
+                       ("cache volumes/ (stacks + records)", cache_bytes), ("of which stack files (.nii)", stack_bytes)):
+        print(f"| {name} | {size / 1e6 / n_studies:.1f} | {size / pixel_bytes:.3f} |")
+    print(f"\ncache: {cache_bytes / pixel_bytes:.3f}x the DICOM pixel bytes (target <= 1.1x)")
+
+    per_item = _sampler(Path(summary.cache_root), args.items)
+    print(f"\n| sampler, one core ({args.items} items) | ms per item | items/s |\n|---|---:|---:|")
+    for name, seconds in per_item.items():
+        print(f"| {name} | {1000 * seconds:.1f} | {1 / seconds:.1f} |")
     if args.keep:
         print(f"kept {work}")
     else:

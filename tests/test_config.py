@@ -42,7 +42,7 @@ HELP_CASES = [
     ("spine.train.__main__", ["stage=grading"], ("model", "grading_3d"), ("stage.crop.size", "[64,64,64]"),
      "Trains one stage"),
     ("spine.predict.__main__", [], None, ("batch_size", "32"), "Grades every study"),
-    ("spine.preprocess.__main__", [], None, ("spacing.axial_t2", "[0.8,0.8,3.0]"), "patient volume"),
+    ("spine.preprocess.__main__", [], None, ("max_gap_factor", "2.5"), "acquired"),
     ("spine.synth.__main__", [], ("preset", "realistic, small*, tiny"), ("n_train", "48"), "anatomy"),
     ("spine.synth.__main__", ["preset=tiny"], ("preset", "tiny"), ("n_train", "4"), "anatomy"),
     ("spine.synth.preview", [], None, ("study_id", "-1"), "PNG montage"),
@@ -84,8 +84,9 @@ def test_help_lines_come_from_the_schema_comments():
     assert texts["batch_size"] == "per process"  # a trailing comment
     assert texts["landmarks"].startswith("grading: the landmark run")  # the comment lines above the field
     keys = {key: text for key, _, text in schema_keys(PreprocessConfig)}
-    assert "spacing.axial_t2" in keys and "spacing" not in keys  # nested dataclasses as dotted keys
     assert keys["workers"].startswith("processes")
+    keys = {key: text for key, _, text in schema_keys(TrainConfig)}
+    assert "optim.lr" in keys and "optim" not in keys  # nested dataclasses as dotted keys
 
 
 def test_a_bare_word_still_is_an_error_that_points_to_help(capsys):

@@ -1,7 +1,11 @@
-"""spine.io.dicom.read_series on 22 real scanner series (shared/data/dicom_qa, see its README).
+"""spine.io.dicom.read_series and the cache's stack files on 22 real scanner series (shared/data/dicom_qa, see
+its README).
 
-`stack ok` cases: geometry against the manifest's expected_LPS and voxels against the reference NIfTI.
-The other cases: the documented handling (split by orientation, flagged sheared / non-uniform).
+`stack ok` cases: geometry against the manifest's expected_LPS and voxels against the reference NIfTI, both as
+read and as written to the cache and read back (`spine.preprocess.cache.write_stack` / `read_stack`); sampling a
+cached stack on its own grid gives its voxels back.
+The other cases: the documented handling (split by orientation, flagged sheared / non-uniform), and irregular
+stacks cached with their true slice positions.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
-from spine.io.dicom import DicomStack, IrregularStackError, read_series
+from spine.data.grid import SamplingGrid
+from spine.data.volume import SeriesVolume
+from spine.io.dicom import DicomStack, IrregularStackError, _frame_geometry, read_series
+from spine.preprocess.cache import irregular_reason, read_stack, stack_record, write_stack
+from spine.preprocess.volume import make_volume
 
 QA_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/dicom_qa"
 MANIFEST = QA_DIR / "manifest.json"
@@ -65,13 +74,16 @@ def test_stack_ok_voxels_equal_reference_nifti(case: str, ref: str) -> None:
         np.testing.assert_array_equal(ours, reference[..., volume][theirs])
 
 
-def _ours_in_reference_grid(stack: DicomStack, affine_ras: np.ndarray, ref_shape) -> tuple:
+def _ours_in_reference_grid(stack: DicomStack, affine_ras: np.ndarray, ref_shape,
+                            our_affine_ras: np.ndarray | None = None) -> tuple:
     """Our voxel values and, for each, the reference voxel index holding the same point in space.
 
-    The map ours -> reference index is inv(reference affine) @ LPS->RAS @ our affine: it must be a
-    signed permutation with an integer offset (the reference reorders/flips axes, e.g. dcm2niix).
+    The map ours -> reference index is inv(reference affine) @ our RAS affine (default LPS->RAS @ the stack's
+    affine; ``our_affine_ras``: e.g. the one a cached NIfTI stores): it must be a signed permutation with an
+    integer offset (the reference reorders/flips axes, e.g. dcm2niix).
     """
-    to_ref = np.linalg.inv(affine_ras) @ LPS_TO_RAS @ stack.affine_lps
+    ours = LPS_TO_RAS @ stack.affine_lps if our_affine_ras is None else our_affine_ras
+    to_ref = np.linalg.inv(affine_ras) @ ours
     rounded = np.round(to_ref)
     np.testing.assert_allclose(to_ref, rounded, atol=1e-3)  # same grid, to a thousandth of a voxel
     nk, nj, ni = stack.shape
@@ -80,6 +92,97 @@ def _ours_in_reference_grid(stack: DicomStack, affine_ras: np.ndarray, ref_shape
     assert (ref_index >= 0).all() and (ref_index < np.array(ref_shape)).all()
     values = stack.pixels[ijk[:, 2], ijk[:, 1], ijk[:, 0]]
     return values, tuple(ref_index.T)
+
+
+# ------------------------------------------------------------------------------ through the cache
+
+
+def _cached(stacks: list[DicomStack], folder: Path) -> list[tuple[DicomStack, Path]]:
+    """Each stack written with the cache writer and read back from its file and record (memory-mapped)."""
+    out = []
+    for n, stack in enumerate(stacks):
+        path = folder / f"1_{n}.nii"
+        write_stack(stack, path)
+        out.append((read_stack(folder, folder, json.loads(json.dumps(stack_record(stack, path.name)))), path))
+    return out
+
+
+def _rescale(stack: DicomStack) -> tuple[np.ndarray, np.ndarray]:
+    """(slope, intercept) per slice, from each slice's own DICOM file (or frame)."""
+    pairs = [_frame_geometry(pydicom.dcmread(f, stop_before_pixels=True), frame)[3:5]
+             for f, frame in zip(stack.source_files, stack.source_frames)]
+    return tuple(np.array(v, dtype=np.float64) for v in zip(*pairs))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("case", "ref"), REF_CASES, ids=[c for c, _ in REF_CASES])
+def test_cached_stacks_put_the_reference_voxels_at_the_same_world_positions(case: str, ref: str,
+                                                                              tmp_path: Path) -> None:
+    """Every stack, written by the cache writer and read back, holds the reference NIfTI's voxel values at the
+    reference's positions (through the true IPPs of its record and through the cached NIfTI's own affine, to
+    1e-3 mm), rescaled consistently: the stored integers where RescaleSlope/Intercept are the identity, else the
+    modality values, equal to the reference's stored values rescaled (by its scl_slope/scl_inter if it has them,
+    else by the DICOM's)."""
+    image = nib.load(QA_DIR / ref)
+    raw = np.asarray(image.dataobj.get_unscaled())
+    raw = raw.reshape(*raw.shape[:3], -1)  # (x, y, z, volumes): the reference's stored values
+    scl_slope, scl_inter = (float(image.header[key]) for key in ("scl_slope", "scl_inter"))
+    scaled = np.isfinite(scl_slope) and scl_slope != 0 and (scl_slope, scl_inter) != (1.0, 0.0)
+    stacks = _read(case).stacks
+    assert len(stacks) == raw.shape[3]
+    for volume, (cached, path) in enumerate(_cached(stacks, tmp_path)):
+        stack = stacks[volume]
+        assert isinstance(cached.pixels, np.memmap) and cached.is_regular
+        np.testing.assert_array_equal(cached.image_positions_lps, stack.image_positions_lps)
+        np.testing.assert_array_equal(cached.direction_lps, stack.direction_lps)
+        assert cached.instance_numbers == stack.instance_numbers
+        stored = nib.load(path)  # its own affine: every voxel at the stack's world position, to 1e-3 mm
+        nk, nj, ni = stack.shape
+        ijk = np.stack(np.meshgrid(*(np.arange(n) for n in (ni, nj, nk)), indexing="ij"), -1).reshape(-1, 3)
+        np.testing.assert_allclose(nib.affines.apply_affine(stored.affine, ijk),
+                                   nib.affines.apply_affine(LPS_TO_RAS, stack.index_to_world(ijk)), atol=1e-3)
+        slopes, intercepts = _rescale(stack)
+        identity = bool((slopes == 1).all() and (intercepts == 0).all())
+        if identity:  # the stored integers, as the reference holds them
+            assert cached.pixels.dtype in (np.int16, np.uint16)
+        slice_of = ijk[:, 2]
+        for affine in (None, stored.affine):  # through the true IPPs, and through the cached NIfTI's affine
+            ours, theirs = _ours_in_reference_grid(cached, image.affine, raw.shape[:3], affine)
+            theirs_raw = raw[..., volume][theirs].astype(np.float64)
+            if identity and not scaled:
+                np.testing.assert_array_equal(ours, theirs_raw)
+            elif scaled:
+                np.testing.assert_allclose(ours, theirs_raw * scl_slope + scl_inter, rtol=1e-6)
+            else:  # a reference keeping the stored values: rescaled by each slice's own DICOM rescale
+                np.testing.assert_allclose(ours, theirs_raw * slopes[slice_of] + intercepts[slice_of], rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", OK_CASES)
+def test_sampling_a_cached_stack_on_its_own_grid_gives_its_voxels(case: str, tmp_path: Path) -> None:
+    volume = make_volume(_read(case), min_slices=1)
+    for stack, _ in _cached(volume.stacks, tmp_path):
+        cached = SeriesVolume([stack], source="cache")
+        grid = SamplingGrid(stack.origin_lps, stack.direction_lps, stack.spacing, stack.shape[::-1])
+        values, covered = cached.sample(grid, normalise=False, antialias=False)
+        assert covered.all()
+        np.testing.assert_array_equal(values, np.asarray(stack.pixels, dtype=np.float32).transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize(("case", "why"), [("09_neg_gantrytilting_001", "sheared 3.63 mm (gantry tilt)"),
+                                           ("09_neg_sliceincrement_001", "uneven steps 5.00..10.00 mm"),
+                                           ("09_neg_sliceincrement_002",
+                                            "uneven steps 0.75..1.50 mm and sheared 0.83 mm (gantry tilt)")])
+def test_irregular_stacks_are_cached_with_their_true_slice_positions(case: str, why: str, tmp_path: Path) -> None:
+    volume = make_volume(_read(case))
+    (stack,) = volume.stacks
+    assert irregular_reason(stack) == why and why in volume.notes[-1]
+    ((cached, path),) = _cached([stack], tmp_path)
+    record = stack_record(stack, path.name)
+    assert record["regular"] is False and record["irregular"] == why
+    np.testing.assert_array_equal(cached.image_positions_lps, stack.image_positions_lps)  # float64, exact
+    assert (cached.uniform, cached.sheared, cached.is_regular) == (stack.uniform, stack.sheared, False)
+    np.testing.assert_array_equal(cached.pixels, stack.pixels)
+    corners = np.array([[0.0, 0.0, k] for k in range(stack.n_slices)])
+    np.testing.assert_allclose(cached.index_to_world(corners), stack.image_positions_lps, atol=1e-9)
 
 
 # ------------------------------------------------------------------------------ the rejected cases

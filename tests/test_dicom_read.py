@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from spine.io.dicom import IrregularStackError, SeriesReadError, read_series
+from spine.io.dicom import DicomStack, IrregularStackError, SeriesReadError, read_series
 from spine.synth.dicom_writer import SliceTags, write_slice
 
 ROWS, COLS = 12, 10  # non-square on purpose: rows (j) and columns (i) must not be swapped
@@ -305,3 +305,30 @@ def test_slices_of_two_sizes_become_two_full_resolution_stacks(tmp_path: Path) -
     np.testing.assert_allclose(large.spacing, [COL_SPACING, ROW_SPACING, 6.0], atol=1e-4)
     np.testing.assert_allclose(small.spacing, [2 * COL_SPACING, 2 * ROW_SPACING, 6.0], atol=1e-4)
     np.testing.assert_allclose(small.origin_lps, np.asarray(ORIGIN) + 3.0 * n, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["regular", "uneven", "sheared"])
+def test_from_slices_derives_the_geometry_of_the_read_stack(tmp_path: Path, kind: str) -> None:
+    """`DicomStack.from_slices` (how the cache rebuilds a stack from its file and record) gives the stack that was
+    read: same flags, step, origin and mappings, and keeps a memory map as it is."""
+    if kind == "sheared":
+        rotation = _rotation(14.0, 0.0, 0.0)
+        r, c = rotation[:, 0], rotation[:, 1]
+        for k in range(4):
+            tags = SliceTags(1, 7, k + 1, (0.0, 0.0, 5.0 * k), (*r, *c), (ROW_SPACING, COL_SPACING))
+            write_slice(tmp_path / f"{k}.dcm", _slice_pixels(k), tags)
+    else:
+        _write_stack(tmp_path, OBLIQUE, ORIGIN, [0.0, 4.0, 8.0, 16.0] if kind == "uneven" else 4.0 * np.arange(4))
+    stack = read_series(tmp_path).stacks[0]
+    mapped = np.memmap(tmp_path / "pixels.raw", dtype=np.int16, mode="w+", shape=stack.shape)
+    mapped[:] = stack.pixels
+    rebuilt = DicomStack.from_slices(mapped, stack.image_positions_lps, stack.direction_lps[:, 0],
+                                     stack.direction_lps[:, 1], (stack.spacing[1], stack.spacing[0]),
+                                     stack.instance_numbers, stack.slice_thickness)
+    assert isinstance(rebuilt.pixels, np.memmap)
+    assert (rebuilt.uniform, rebuilt.sheared, rebuilt.is_regular) == (stack.uniform, stack.sheared, stack.is_regular)
+    assert rebuilt.is_regular == (kind == "regular") and rebuilt.instance_numbers == stack.instance_numbers
+    for name in ("origin_lps", "direction_lps", "spacing", "slice_positions", "image_positions_lps"):
+        np.testing.assert_array_equal(getattr(rebuilt, name), getattr(stack, name), err_msg=name)
+    ijk = np.array([[1.5, 2.0, 2.5], [0.0, 0.0, 0.0], [3.0, 7.0, 3.0]])
+    np.testing.assert_array_equal(rebuilt.index_to_world(ijk), stack.index_to_world(ijk))

@@ -3,27 +3,25 @@ left), centres, augmentation twins, labels, the oversampling sampler."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from spine.constants import CONDITIONS, LEVELS, SERIES_TYPES, label_column
-from spine.data.crops import CropVolume, crop_grid, fill_centres, level_axes, level_centres, sample_crop
+from spine.data.crops import crop_grid, fill_centres, level_axes, level_centres, sample_crop
 from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugment, WeightedEpochSampler,
                                 centre_table, label_table, study_weights)
-from spine.data.grid import image_from_array
 from spine.data.transforms import rotation_matrix
+from spine.data.volume import SeriesVolume
 
 
-def dot_volume(point_lps, origin, spacing, shape, value=1000.0) -> CropVolume:
+def dot_volume(point_lps, origin, spacing, shape, value=1000.0) -> SeriesVolume:
     """A volume (LPS-aligned) that is 1 everywhere and ``value`` in the voxel nearest to ``point_lps``."""
     array = np.ones(shape, np.float32)
     index = np.round((np.asarray(point_lps) - origin) / spacing).astype(int)
     array[tuple(index)] = value
     true_point = np.asarray(origin) + index * np.asarray(spacing)
-    return CropVolume.from_array(array, origin, spacing, percentiles=(0, 100)), true_point
+    return SeriesVolume.from_array(array, origin, spacing, percentiles=(0.0, 100.0)), true_point
 
 
 @pytest.mark.parametrize("tilt", [(0.0, 0.0, 0.0), (12.0, -7.0, 5.0)])
@@ -43,17 +41,24 @@ def test_a_world_point_lands_at_the_crop_centre_in_every_channel(tilt):
         assert peak == (16, 16, 16), f"dot at {peak}, expected the centre"
 
 
-def test_crop_sampling_reads_only_a_block_but_matches_whole_volume_resampling():
+def test_crop_sampling_reads_only_a_block_but_matches_trilinear_interpolation_of_the_whole_volume():
+    from scipy import ndimage
+
     rng = np.random.default_rng(0)
     array = rng.random((40, 90, 70)).astype(np.float32) * 100 + 1
     origin, spacing = np.array([-20.0, -50.0, 10.0]), np.array([2.0, 0.9, 1.1])
-    volume = CropVolume.from_array(array, origin, spacing)
+    volume = SeriesVolume.from_array(array, origin, spacing)
     grid = crop_grid([5.0, -10.0, 45.0], rotation_matrix((8, 4, -6)), size=(20, 24, 16), crop_mm=(30, 30, 20))
-    low, high = volume.bounds
-    whole = grid.sample(image_from_array(np.clip((array - low) / (high - low), 0, None), origin, spacing))
-    np.testing.assert_allclose(volume.sample(grid), whole, atol=1e-5)
+    low, high = volume.intensity_range()
+    voxels = np.stack(np.meshgrid(*[np.arange(n) for n in grid.size], indexing="ij"), -1)
+    index = np.moveaxis((grid.index_to_world(voxels) - origin) / spacing, -1, 0)  # volume index (i, j, k)
+    whole = ndimage.map_coordinates((array - low) / (high - low), index, order=1, mode="nearest")
+    values, covered = volume.sample(grid, antialias=False)
+    assert covered.all()
+    np.testing.assert_allclose(values, np.clip(whole, 0, None), atol=1e-4)
     far = crop_grid([900.0, 0.0, 0.0], size=(8, 8, 8), crop_mm=(8, 8, 8))
-    assert not volume.sample(far).any()  # outside the volume: zeros, no error
+    values, covered = volume.sample(far)
+    assert not values.any() and not covered.any()  # outside the volume: zeros, no error
 
 
 def test_left_of_the_patient_is_the_high_end_of_crop_axis_i_and_a_mirror_swaps_the_labels():
@@ -169,9 +174,6 @@ class FakeCache:
         self.series = pd.DataFrame([{"study_id": s, "series_id": r, "description": d, "status": "ok"}
                                     for (s, r, d) in volumes])
 
-    def grid(self, study, series):
-        _, origin, spacing = self.volumes[(study, series)]
-        return SimpleNamespace(origin=origin, spacing=spacing)
-
-    def load_array(self, study, series):
-        return self.volumes[(study, series)][0]
+    def load_volume(self, study, series, percentiles=(1.0, 99.0)):
+        array, origin, spacing = self.volumes[(study, series)]
+        return SeriesVolume.from_array(array, origin, spacing, percentiles=tuple(percentiles))

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from spine.constants import CONDITIONS
-from spine.data.grid import SamplingGrid, image_from_array
+from spine.data.grid import SamplingGrid
 from spine.data.landmarks import LandmarkDataset, point_names
 from spine.data.transforms import GridAffine, RandomGridAffine, lr_swap_permutation
+from spine.data.volume import SeriesVolume
 from spine.train.landmarks import landmark_metrics, truth_frame
 
 SERIES = ["Sagittal T2/STIR", "Sagittal T1"]
@@ -38,12 +39,12 @@ def test_grid_affine_moves_image_and_points_together():
     origin = point - spacing * 27.3
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1) * spacing + origin
     blob = np.exp(-np.sum((ijk - point) ** 2, -1) / (2 * 4.0**2)).astype(np.float32)
-    image = image_from_array(blob, origin, spacing)
+    image = SeriesVolume.from_array(blob, origin, spacing)
     base = SamplingGrid.centred(point + [3, -5, 8], (20, 24, 28), (3.0, 3.0, 3.0))
     for twin in (GridAffine(), GridAffine((12.0, -7.0, 5.0), 1.1, (2.0, -4.0, 6.0), flip_lr=True),
                  RandomGridAffine(flip_lr=0.5).sample(np.random.default_rng(3))):
         grid = twin(base)
-        sampled = grid.sample(image)
+        sampled, _ = image.sample(grid, normalise=False)
         idx = np.stack(np.meshgrid(*[np.arange(n) for n in grid.size], indexing="ij"), -1)
         centroid = (idx * sampled[..., None]).sum((0, 1, 2)) / sampled.sum()
         assert np.allclose(centroid, grid.world_to_index(point), atol=0.25)

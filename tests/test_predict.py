@@ -105,6 +105,37 @@ def test_model_failures_fall_back_to_the_priors(runs, tiny_dataset):
     assert info.answer == "priors" and "landmarks outside the volumes" in info.reason and frame.equals(priors)
 
 
+NO_TRAIN_SCRIPT = """
+import importlib, json, sys
+from pathlib import Path
+import spine.predict
+from spine.predict.__main__ import main
+
+for path in sorted(Path(spine.predict.__file__).parent.glob("*.py")):
+    importlib.import_module(f"spine.predict.{path.stem}" if path.stem != "__init__" else "spine.predict")
+data, landmarks, grading, out = sys.argv[1:]
+assert main([f"data_dir={data}", f"runs=[{landmarks},{grading}]", f"out={out}", "device=cpu", "tta=true",
+             "progress=false"]) == 0
+studies, series = spine.predict.read_listing(data, "test")
+predictor = spine.predict.Predictor.from_runs([landmarks, grading], device="cpu")
+frame, info = predictor.predict_study(studies[0], series[studies[0]])
+assert info.answer == "model", info
+print(json.dumps(sorted(m for m in sys.modules if m == "spine.train" or m.startswith("spine.train."))))
+"""
+
+
+def test_inference_does_not_import_the_training_code(runs, tiny_dataset, tmp_path):
+    """Run folders are read (spine.run_folder) and landmarks decoded (spine.models.decode) without spine.train:
+    a fresh process that imports every inference module and predicts has no spine.train module loaded."""
+    import json
+
+    done = subprocess.run([sys.executable, "-c", NO_TRAIN_SCRIPT, str(tiny_dataset), str(runs[0]), str(runs[1]),
+                           str(tmp_path / "submission.csv")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [], done.stdout
+    _valid(pd.read_csv(tmp_path / "submission.csv"))
+
+
 # ------------------------------------------------------------------------------------------------- fuzz
 def _break_dataset(src: Path, dst: Path) -> dict[int, str]:
     """A copy of ``src``'s test split with the test studies cloned under new ids and broken; returns

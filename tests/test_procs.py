@@ -54,7 +54,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("module, how, sig", [
     ("spine.preprocess.run", "prctl", signal.SIGKILL),
-    ("spine.predict.predictor", "prctl", signal.SIGTERM),
+    ("spine.predict.volumes", "prctl", signal.SIGTERM),
     ("spine.preprocess.run", "fallback", signal.SIGKILL),
 ])
 def test_workers_end_when_their_parent_is_killed(module, how, sig, tmp_path):

@@ -61,10 +61,10 @@ def test_descriptions_are_matched_in_any_case_and_spacing():
     assert canonical_description("axial t2") == ("Axial T2", True)
     for other in ("Axial T1", "Coronal T2", "", None, float("nan")):
         assert canonical_description(other) == (None, False)
-    from spine.preprocess.volume import spacing_for
+    from spine.constants import series_type
 
-    assert spacing_for("Sagittal T2") == spacing_for("Sagittal T2/STIR") != spacing_for("Axial T1")
-    assert spacing_for(" axial T2") == spacing_for("Axial T2")
+    assert series_type("Sagittal T2") == series_type(" sagittal t2/stir ") == "Sagittal T2/STIR"
+    assert series_type(" axial T2") == "Axial T2"
 
 
 # ----------------------------------------------------------------------------------------- train.csv

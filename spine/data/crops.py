@@ -12,21 +12,19 @@ Level centre (:func:`level_centres`): the spinal canal point of the level (midli
 midpoint of a left/right pair of points, else the mean of whatever points the level has. Levels without
 any point are interpolated along the level index from the others (:func:`fill_centres`).
 
-Sampling reads only the block of the volume the crop touches (the cache's volumes are memory-mapped), and
-normalises it with the whole volume's robust intensity range (``robust_range``), the same for every crop
-of that series.
+Sampling goes through `spine.data.volume.SeriesVolume.sample`: it reads only the block of each acquired stack
+the crop touches (the cache's stacks are memory-mapped), interpolates once from the acquired voxels, and
+normalises with the series' robust intensity range, the same for every crop of that series.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 
 from spine.constants import CONDITIONS
-from spine.data.grid import SamplingGrid, image_from_array
-from spine.data.landmarks import robust_range
+from spine.data.grid import SamplingGrid
+from spine.data.volume import SeriesVolume
 
 DEFAULT_SIZE = (64, 64, 64)
 DEFAULT_MM = (80.0, 64.0, 48.0)  # left-right wide enough for both foramina (17-31 mm off the midline)
@@ -120,44 +118,8 @@ def crop_grid(centre, direction=None, size: Sequence[int] = DEFAULT_SIZE,
 
 
 # --------------------------------------------------------------------------------------------- sampling
-@dataclass
-class CropVolume:
-    """One series' volume for cropping: raw intensities indexed [i, j, k], LPS-aligned (identity direction).
-
-    ``array`` may be a read-only memory map (the cache) or an in-memory array (inference); ``low, high``
-    is its robust intensity range (None: an empty volume, sampled as zeros).
-    """
-
-    array: np.ndarray
-    origin: np.ndarray  # LPS mm of voxel (0, 0, 0)
-    spacing: np.ndarray  # mm
-    bounds: tuple[float, float] | None
-
-    @classmethod
-    def from_array(cls, array, origin, spacing, percentiles: Sequence[float] = (1.0, 99.0)) -> CropVolume:
-        return cls(array, np.asarray(origin, dtype=np.float64), np.asarray(spacing, dtype=np.float64),
-                   robust_range(array, percentiles))
-
-    def sample(self, grid: SamplingGrid) -> np.ndarray:
-        """The normalised volume resampled (linear) onto ``grid``: float32 ``grid.size``, 0 outside."""
-        if self.bounds is None:
-            return np.zeros(grid.size, np.float32)
-        corners = np.array([[a, b, c] for a in (0, grid.size[0] - 1) for b in (0, grid.size[1] - 1)
-                            for c in (0, grid.size[2] - 1)], dtype=np.float64)
-        voxels = (grid.index_to_world(corners) - self.origin) / self.spacing
-        shape = np.asarray(self.array.shape)
-        lo = np.clip(np.floor(voxels.min(0)).astype(int) - 1, 0, shape)
-        hi = np.clip(np.ceil(voxels.max(0)).astype(int) + 2, 0, shape)
-        if (hi - lo <= 1).any():
-            return np.zeros(grid.size, np.float32)  # the crop misses this volume
-        block = np.asarray(self.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
-        low, high = self.bounds
-        block = np.clip((block - low) / max(high - low, 1e-6), 0.0, None)
-        return grid.sample(image_from_array(block, self.origin + lo * self.spacing, self.spacing))
-
-
-def sample_crop(volumes: Sequence[CropVolume | None], grid: SamplingGrid) -> tuple[np.ndarray, np.ndarray]:
-    """``(C, X, Y, Z)`` float32 crop, one channel per volume (zeros where None), and ``present`` (C,) bool."""
-    channels = [np.zeros(grid.size, np.float32) if v is None else v.sample(grid) for v in volumes]
+def sample_crop(volumes: Sequence[SeriesVolume | None], grid: SamplingGrid) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, X, Y, Z)`` float32 crop, one normalised channel per series (zeros where None), and ``present`` (C,)."""
+    channels = [np.zeros(grid.size, np.float32) if v is None else v.sample(grid)[0] for v in volumes]
     present = np.array([v is not None for v in volumes], dtype=bool)
     return np.stack(channels), present

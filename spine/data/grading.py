@@ -32,10 +32,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from spine.constants import CONDITIONS, LEVELS, SEVERITIES, label_column, series_type
-from spine.data.crops import CropVolume, crop_grid, fill_centres, level_axes, level_centres, sample_crop
+from spine.data.crops import crop_grid, fill_centres, level_axes, level_centres, sample_crop
 from spine.data.landmarks import truth_table
 from spine.data.transforms import GridAffine, IntensityAugment, RandomGridAffine, lr_swap_permutation
 from spine.data.views import ViewSet, build_views
+from spine.data.volume import SeriesVolume
 
 # target[:, CONDITION_SWAP] relabels the conditions of a crop mirrored left <-> right
 CONDITION_SWAP = lr_swap_permutation([(c, "") for c in CONDITIONS])
@@ -293,16 +294,14 @@ class GradingDataset(Dataset):
             "index": torch.tensor(index, dtype=torch.int64),
         }
 
-    def volume(self, study: int, description: str) -> CropVolume | None:
-        """The study's first ok series of that type, memory-mapped, with its intensity range (cached)."""
+    def volume(self, study: int, description: str) -> SeriesVolume | None:
+        """The study's first ok series of that type: its stacks memory-mapped, its intensity range kept."""
         series = self._series_ids.get((study, series_type(description)))
         if series is None:
             return None
         key = (study, series)
         if key not in self._volumes:
-            grid = self.cache.grid(study, series)
-            self._volumes[key] = CropVolume.from_array(self.cache.load_array(study, series), grid.origin,
-                                                       grid.spacing, self.percentiles)
+            self._volumes[key] = self.cache.load_volume(study, series, self.percentiles)
             while len(self._volumes) > self._max_open:
                 self._volumes.popitem(last=False)
         self._volumes.move_to_end(key)

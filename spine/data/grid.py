@@ -1,9 +1,10 @@
 """A sampling grid in world space: where each voxel of a network input lies (LPS mm).
 
 ``world = origin + direction @ (index * spacing)``: the columns of ``direction`` are the world directions
-of the grid axes i, j, k (orthonormal; a determinant of -1 is a mirrored grid). The landmark stage samples
-every series of a study onto one such grid, so channels line up in world space and a point's grid index
-and world position convert exactly both ways. SimpleITK does the resampling.
+of the grid axes i, j, k (orthonormal; a determinant of -1 is a mirrored grid). Every network input is
+one such grid (the landmark input, a crop, a view), sampled from a series' acquired stacks by the one sampler
+(`spine.data.volume.SeriesVolume.sample`), so channels line up in world space and a point's grid index and
+world position convert exactly both ways.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,3 @@ class SamplingGrid:
         index = np.asarray(index, dtype=np.float64)
         upper = np.asarray(self.size, dtype=np.float64) - 1
         return np.all((index >= 0) & (index <= upper), axis=-1)
-
-    def sample(self, image: sitk.Image, default: float = 0.0) -> np.ndarray:
-        """Linear resampling of ``image`` onto the grid: float32 array indexed [i, j, k]."""
-        resampler = sitk.ResampleImageFilter()
-        resampler.SetSize([int(n) for n in self.size])
-        resampler.SetOutputOrigin([float(v) for v in self.origin])
-        resampler.SetOutputSpacing([float(v) for v in self.spacing])
-        resampler.SetOutputDirection([float(v) for v in self.direction.flatten()])  # row-major
-        resampler.SetInterpolator(sitk.sitkLinear)
-        resampler.SetDefaultPixelValue(float(default))
-        resampler.SetOutputPixelType(sitk.sitkFloat32)
-        out = resampler.Execute(image)
-        return np.ascontiguousarray(sitk.GetArrayFromImage(out).transpose(2, 1, 0))
-
-
-def image_from_array(array_ijk: np.ndarray, origin, spacing) -> sitk.Image:
-    """A SimpleITK image (identity direction) from an array indexed [i, j, k]."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array_ijk, dtype=np.float32).transpose(2, 1, 0)))
-    image.SetOrigin([float(v) for v in origin])
-    image.SetSpacing([float(v) for v in spacing])
-    return image

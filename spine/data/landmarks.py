@@ -1,13 +1,14 @@
 """The landmark dataset: one study's sagittal series on a coarse world grid, and its label points.
 
-For each study, every requested series (sagittal T2/STIR, T1) is resampled onto one
+For each study, every requested series (sagittal T2/STIR, T1) is sampled onto one
 :class:`~spine.data.grid.SamplingGrid` centred on the first series present, with its axes along world
-x (patient left), y (posterior), z (head). Before that, each cached volume is box-averaged to about the
-grid spacing (anti-aliasing: the cache is 0.8 mm in-plane, the grid 4 mm) and normalised robustly per
-series: percentiles ``p_low, p_high`` of its covered voxels map to 0 and 1, clipped below at 0.
-A missing series is a channel of zeros. The prepared volumes are kept in a bounded in-memory LRU per
-process (``memory_mb``), so later epochs skip the disk and the pooling. The steps (`prepare_volume`,
-`study_grid`, `sample_channels`) work without a cache, for inference on volumes built in memory.
+x (patient left), y (posterior), z (head), by the one sampler (`spine.data.volume.SeriesVolume.sample`).
+Before that, each series' acquired stacks are box-averaged to about the grid spacing (anti-aliasing: 0.5-0.8
+mm pixels, a 4 mm grid; `SeriesVolume.pooled`) and normalised robustly per series: percentiles ``p_low,
+p_high`` of its positive voxels map to 0 and 1, clipped below at 0. A missing series is a channel of zeros.
+The pooled series are kept in a bounded in-memory LRU per process (``memory_mb``), so later epochs skip the
+disk and the pooling. The steps (`prepare_volume`, `study_grid`, `sample_channels`) are the landmark input
+builder shared with ``spine-predict``, which calls them on series read from DICOM.
 
 Points: ``conditions x LEVELS`` in that order (``point_names``); each point's world position is the mean of
 its rows in coordinates.csv (NaN if unlabelled). Targets are grid indices; ``mask`` is false for
@@ -23,12 +24,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spine.constants import CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS, series_type
-from spine.data.grid import SamplingGrid, image_from_array
+from spine.data.grid import SamplingGrid
 from spine.data.transforms import IntensityAugment, RandomGridAffine, lr_swap_permutation
+from spine.data.volume import SeriesVolume
 
 
 def point_names(conditions: Sequence[str]) -> list[tuple[str, str]]:
@@ -136,8 +137,8 @@ class LandmarkDataset(Dataset):
         }
 
     # ---- volumes
-    def _prepared(self, study: int, description: str):
-        """(array [i, j, k] normalised, origin, spacing) of the study's first series of that type, or None."""
+    def _prepared(self, study: int, description: str) -> SeriesVolume | None:
+        """The study's first series of that type pooled to the grid spacing (`prepare_volume`), or None."""
         series = self._series_ids.get((study, series_type(description)))
         if not series:
             return None
@@ -147,65 +148,32 @@ class LandmarkDataset(Dataset):
             return self._lru[key]
         value = self._prepare(study, series[0])
         self._lru[key] = value
-        self._lru_bytes += value[0].nbytes
+        self._lru_bytes += value.nbytes
         while self._lru_bytes > self._lru_limit and len(self._lru) > 1:
             _, old = self._lru.popitem(last=False)
-            self._lru_bytes -= old[0].nbytes
+            self._lru_bytes -= old.nbytes
         return value
 
-    def _prepare(self, study: int, series: int):
-        grid = self.cache.grid(study, series)
-        array = np.asarray(self.cache.load_array(study, series), dtype=np.float32)
-        return prepare_volume(array, grid.origin, grid.spacing, self.grid_spacing, self.percentiles)
+    def _prepare(self, study: int, series: int) -> SeriesVolume:
+        return prepare_volume(self.cache.load_volume(study, series, self.percentiles), self.grid_spacing)
 
 
-# ---- the steps of an item, usable without a cache (inference builds volumes in memory)
-def prepare_volume(array_ijk: np.ndarray, origin, spacing, grid_spacing, percentiles=(1.0, 99.0)):
-    """Box-average a volume (indexed [i, j, k], LPS identity direction) to about ``grid_spacing`` and
-    normalise it; returns ``(array, origin, spacing)`` of the result (voxel centres stay exact)."""
-    array = np.asarray(array_ijk, dtype=np.float32)
-    spacing = np.asarray(spacing, dtype=np.float64)
-    factor = np.maximum(1, np.floor(np.asarray(grid_spacing, dtype=np.float64) / spacing + 1e-6)).astype(int)
-    factor = np.minimum(factor, np.asarray(array.shape))
-    if (factor > 1).any():
-        pooled = F.avg_pool3d(torch.from_numpy(np.ascontiguousarray(array))[None, None], tuple(int(f) for f in factor))
-        array = pooled[0, 0].numpy()
-    origin = np.asarray(origin, dtype=np.float64) + (factor - 1) / 2 * spacing  # centre of each block
-    return normalise(array, percentiles), origin, spacing * factor
+# ---- the landmark input builder, shared with spine-predict (series from the cache or read from DICOM)
+def prepare_volume(volume: SeriesVolume, grid_spacing) -> SeriesVolume:
+    """The series box-averaged to about ``grid_spacing`` (mm), keeping its intensity range: a small copy that
+    many grids (augmented or not) are sampled from."""
+    return volume.pooled(grid_spacing)
 
 
-def study_grid(volumes: Sequence, size, spacing) -> SamplingGrid:
-    """The unaugmented grid of a study: axis-aligned, centred on the first prepared volume that exists."""
-    array, origin, vol_spacing = next(v for v in volumes if v is not None)
-    centre = origin + vol_spacing * (np.asarray(array.shape) - 1) / 2
-    return SamplingGrid.centred(centre, size, spacing)
+def study_grid(volumes: Sequence[SeriesVolume | None], size, spacing) -> SamplingGrid:
+    """The unaugmented grid of a study: axis-aligned, centred on the first series that exists."""
+    first = next(v for v in volumes if v is not None)
+    return SamplingGrid.centred(first.centre, size, spacing)
 
 
-def sample_channels(volumes: Sequence, grid: SamplingGrid) -> np.ndarray:
-    """(C, X, Y, Z) float32: each prepared volume resampled onto ``grid``; zeros for a missing one."""
-    return np.stack([np.zeros(grid.size, np.float32) if v is None else grid.sample(image_from_array(*v))
-                     for v in volumes])
-
-
-def robust_range(array: np.ndarray, percentiles: Sequence[float] = (1, 99)) -> tuple[float, float] | None:
-    """(low, high): the percentiles of the positive voxels (a subsample of at most ~200k), or None if the
-    volume has fewer than 16 positive voxels."""
-    step = max(1, int(np.prod(array.shape)) // 1_000_000)  # strided view first: a memory map is not read twice
-    values = np.asarray(array).reshape(-1)[::step]
-    values = values[values > 0]
-    if values.size < 16:
-        return None
-    low, high = np.percentile(values[:: max(1, values.size // 200_000)], percentiles)
-    return float(low), float(high)
-
-
-def normalise(array: np.ndarray, percentiles: Sequence[float] = (1, 99)) -> np.ndarray:
-    """Robust per-volume scaling: percentiles of the positive voxels -> 0 and 1; clipped below at 0."""
-    bounds = robust_range(array, percentiles)
-    if bounds is None:
-        return np.zeros_like(array, dtype=np.float32)
-    low, high = bounds
-    return np.clip((array - low) / max(high - low, 1e-6), 0.0, None).astype(np.float32)
+def sample_channels(volumes: Sequence[SeriesVolume | None], grid: SamplingGrid) -> np.ndarray:
+    """(C, X, Y, Z) float32: each series sampled (normalised) onto ``grid``; zeros for a missing one."""
+    return np.stack([np.zeros(grid.size, np.float32) if v is None else v.sample(grid)[0] for v in volumes])
 
 
 def studies_with_series(cache, study_ids: Sequence[int], series: Sequence[str]) -> tuple[list[int], list[int]]:

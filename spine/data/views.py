@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from spine.constants import CONDITION_GROUP, CONDITIONS, GROUPS, condition_side
-from spine.data.crops import CropVolume, fill_centres, level_axes, level_centres
+from spine.data.crops import fill_centres, level_axes, level_centres
 from spine.data.grid import SamplingGrid
+from spine.data.volume import SeriesVolume
 from spine.data.transforms import GridAffine
 
 PLANES: tuple[str, ...] = ("sagittal", "axial")
@@ -197,7 +198,7 @@ def study_view_grids(points: np.ndarray, views: ViewSet, align: bool = True,
     return out
 
 
-def sample_views(volumes: dict[str, CropVolume | None], grids: list[list[list[SamplingGrid]]],
+def sample_views(volumes: dict[str, SeriesVolume | None], grids: list[list[list[SamplingGrid]]],
                  views: ViewSet) -> tuple[np.ndarray, np.ndarray]:
     """``(L, K, V, S, H, W)`` float32 views (zeros where a series is missing) and ``present`` ``(P,)`` bool
     in ``views.series`` order. ``volumes`` maps a series description to its volume (or None)."""
@@ -208,7 +209,7 @@ def sample_views(volumes: dict[str, CropVolume | None], grids: list[list[list[Sa
             for v, (spec, grid) in enumerate(zip(views.groups[CONDITION_GROUP[condition]], per_condition[k])):
                 volume = volumes.get(spec.series)
                 if volume is not None:
-                    out[lv, k, v] = volume.sample(grid)
+                    out[lv, k, v] = volume.sample(grid)[0]
     present = np.array([volumes.get(s) is not None for s in views.series], dtype=bool)
     return out, present
 
@@ -225,7 +226,7 @@ def _check_points(points: np.ndarray) -> np.ndarray:
     return points
 
 
-def build_views(volumes: dict[str, CropVolume | None], points: np.ndarray, views: ViewSet, align: bool = True,
+def build_views(volumes: dict[str, SeriesVolume | None], points: np.ndarray, views: ViewSet, align: bool = True,
                 affine: GridAffine | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One study's model input: ``(L, K, V, S, H, W)`` views and ``present`` ``(P,)``; the one builder used
     by the training dataset and by ``spine-predict``. ``points`` ``(K, L, 3)`` LPS mm, NaN where missing."""

@@ -240,6 +240,20 @@ class DicomStack:
         return _make_stack(pixels, ipps[order], r, c, (self.spacing[1], self.spacing[0]), numbers, files, frames,
                            self.slice_thickness, self.volume_index, self.n_volumes)
 
+    @classmethod
+    def from_slices(cls, pixels: np.ndarray, image_positions_lps, r, c, pixel_spacing,
+                    instance_numbers: list[int | None] | None = None, slice_thickness: float | None = None,
+                    volume_index: int = 0, n_volumes: int = 1) -> DicomStack:
+        """A stack from slices already sorted along the normal: ``pixels`` (n, rows, cols) [k, j, i] of any
+        numeric dtype (a memory map stays one), ``image_positions_lps`` (n, 3) LPS mm of each slice's voxel
+        (0, 0), ``r`` / ``c`` the unit column / row directions, ``pixel_spacing`` (row, column) mm. The step,
+        uniform and sheared flags are derived from the IPPs, exactly as when reading DICOM."""
+        n = len(pixels)
+        numbers = [None] * n if instance_numbers is None else list(instance_numbers)
+        return _make_stack(pixels, np.asarray(image_positions_lps, dtype=np.float64), np.asarray(r, dtype=np.float64),
+                           np.asarray(c, dtype=np.float64), (float(pixel_spacing[0]), float(pixel_spacing[1])),
+                           numbers, [""] * n, [0] * n, slice_thickness, volume_index, n_volumes)
+
     def _subset(self, sl: slice) -> DicomStack:
         r, c = self.direction_lps[:, 0], self.direction_lps[:, 1]
         return _make_stack(

@@ -1,18 +1,25 @@
-"""Inference: ``spine-predict`` (:mod:`.__main__`), `Predictor` and `predict` (:mod:`.predictor`), the config
-schema (:mod:`.config`). See docs/inference.md. Names are imported on first use, so the CLI starts fast."""
+"""Inference: ``spine-predict`` (:mod:`.__main__`) and its config schema (:mod:`.config`), the run over a
+listing (`predict`, :mod:`.run`), the `Predictor` of one study (:mod:`.predictor`, with its landmark and grading
+steps in :mod:`.landmarks` and :mod:`.grading`), run folders loaded for inference (:mod:`.runs`), volumes
+(`load_volumes`, :mod:`.volumes`), the listing (`read_listing`, :mod:`.listing`) and a study's answer and log
+line (`StudyInfo`, `Issue`, :mod:`.study`). See docs/inference.md. Nothing here imports :mod:`spine.train`.
+Names are imported on first use, so the CLI starts fast."""
 
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
+    "Issue": "spine.predict.study",
     "PredictConfig": "spine.predict.config",
-    "PredictError": "spine.predict.predictor",
+    "PredictError": "spine.predict.study",
     "Predictor": "spine.predict.predictor",
-    "StudyInfo": "spine.predict.predictor",
-    "load_volumes": "spine.predict.predictor",
-    "predict": "spine.predict.predictor",
-    "read_listing": "spine.predict.predictor",
+    "Run": "spine.predict.runs",
+    "StudyInfo": "spine.predict.study",
+    "load_run": "spine.predict.runs",
+    "load_volumes": "spine.predict.volumes",
+    "predict": "spine.predict.run",
+    "read_listing": "spine.predict.listing",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from spine.predict.predictor import PredictError, predict  # torch and friends only once the config is valid
+    from spine.predict.run import predict  # torch and friends only once the config is valid
+    from spine.predict.study import PredictError
 
     try:
         predict(cfg)

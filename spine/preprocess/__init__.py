@@ -1,8 +1,9 @@
-"""Preprocessing: DICOM series -> LPS-aligned patient volumes, cached on disk or built in memory.
+"""Preprocessing: DICOM series -> their acquired stacks, cached on disk or selected in memory.
 
-- `spine.preprocess.volume`: `volume_from_dicom` (series folder -> volume in memory, for inference),
-  `make_volume` / `build_volume` (one `DicomSeries` -> volume + coverage mask),
-  `world_to_voxel`, `voxel_to_world`, `pixel_to_world`: the code path shared by the cache and inference.
+- `spine.preprocess.volume`: `volume_from_dicom` (series folder -> `SeriesVolume` in memory, for inference),
+  `make_volume` (one `DicomSeries` -> its kept stacks), `select_stacks`, `pixel_to_world`: the code path shared
+  by the cache and inference. Nothing is resampled here: `spine.data.volume.SeriesVolume.sample` draws every
+  network input from the stacks.
 - `spine.preprocess.cache`: `Cache`, the reader of a cache folder every later stage uses.
 - `spine.preprocess.run`: the run behind ``python -m spine.preprocess`` (process pool, resume, summary).
 See docs/preprocess.md. Names are imported on first use, so that the command line starts fast.
@@ -14,17 +15,12 @@ import importlib
 
 _EXPORTS = {
     "Cache": "spine.preprocess.cache",
-    "FILL_VALUE": "spine.preprocess.volume",
-    "Grid": "spine.preprocess.volume",
-    "SeriesVolume": "spine.preprocess.volume",
+    "SeriesVolume": "spine.data.volume",
     "VolumeError": "spine.preprocess.volume",
-    "build_volume": "spine.preprocess.volume",
     "make_volume": "spine.preprocess.volume",
     "pixel_to_world": "spine.preprocess.volume",
-    "spacing_for": "spine.preprocess.volume",
+    "select_stacks": "spine.preprocess.volume",
     "volume_from_dicom": "spine.preprocess.volume",
-    "voxel_to_world": "spine.preprocess.volume",
-    "world_to_voxel": "spine.preprocess.volume",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,10 +1,10 @@
 """``python -m spine.preprocess data_dir=... cache_dir=... [split=train|test|all] [workers=N] [overwrite=true]``.
 
-Builds every series listed in ``<split>_series_descriptions.csv`` of an RSNA-layout folder into a patient volume
-in world space (LPS mm, resampled to the grid of its series type) and caches it in ``cache_dir/<cache id>/``
-with series.csv, coordinates.csv (the label points in pixel, world and voxel frames) and folds.csv. A re-run
-skips complete series and a killed run resumes; a broken series is recorded with its reason and the rest goes
-on. docs/preprocess.md.
+Caches every series listed in ``<split>_series_descriptions.csv`` of an RSNA-layout folder as its acquired
+stacks (each on its own grid, with every slice's true position; nothing resampled) in ``cache_dir/<cache id>/``,
+with series.csv, coordinates.csv (the label points as DICOM pixel, world LPS mm, and stack voxel) and
+folds.csv. A re-run skips complete series and a killed run resumes; a broken series is recorded with its
+reason and the rest goes on. docs/preprocess.md.
 
 Exit codes: 0 when at least one series has a volume, 1 when nothing could be processed or train.csv /
 train_label_coordinates.csv cannot be used (one line says why), 2 for a bad config.

@@ -1,20 +1,24 @@
 """The preprocessing cache on disk: its layout, its id, atomic writes, and `Cache`, the reader every stage uses.
 
 Layout of ``cache_dir/<cache id>/``:
-    cache.json                         how it was made (spacing, orientation, code version)
-    series.csv                         one row per series (status ok / error, reason, shapes, geometry)
-    coordinates.csv                    every label point: DICOM pixel, world LPS mm, cache voxel (i, j, k)
+    cache.json                         how it was made (stack rules, code version)
+    series.csv                         one row per series (status ok / error, reason, its stacks, irregular ones)
+    coordinates.csv                    every label point: DICOM pixel, world LPS mm, stack and voxel (i, j, k) in it
     folds.csv                          study_id -> fold
-    volumes/{study}/{series}.nii       float32 patient volume, NIfTI-1 uncompressed (memory-mappable)
-    volumes/{study}/{series}_mask.nii.gz   uint8 coverage mask (1 = some stack covers the voxel)
-    volumes/{study}/{series}.json      the series' record: written last, so its presence means complete
+    volumes/{study}/{series}_{n}.nii   stack n of the series on its acquired grid, NIfTI-1 uncompressed
+                                       (memory-mappable), the stored integers where the rescale keeps them integral
+    volumes/{study}/{series}.json      the series' record, with every stack's exact geometry: written last, so
+                                       its presence means complete
 
-The cache id is a readable prefix and a short hash of everything that changes the voxels: the spacing per
-series type, the orientation, interpolation and fill choices, the stack rules and `CACHE_VERSION` (bump it
-whenever the volume code changes what it writes).
+Each stack is what dcm2niix would write: voxel (i, j, k) = DICOM column, row and slice (slices sorted along the
+normal by ImagePositionPatient), NIfTI affine = LPS->RAS of ``origin + direction @ (ijk * spacing)``. The
+record keeps every slice's true IPP (float64), so irregular stacks (uneven steps, missing slices, gantry-tilt
+shear) are sampled from their true positions, and stack geometry never goes through the NIfTI header's float32.
+Nothing is resampled here: every network input is sampled from these stacks when it is taken
+(`spine.data.volume.SeriesVolume.sample`).
 
-Voxel frame: continuous index (i, j, k), ``image.TransformContinuousIndexToPhysicalPoint((i, j, k))`` = LPS
-mm, identity direction; nibabel's array order [i, j, k] of the .nii (see spine/preprocess/volume.py).
+The cache id is a readable prefix and a short hash of everything that changes what is written: the stack rules
+and `CACHE_VERSION` (bump it whenever the code changes what it writes).
 """
 
 from __future__ import annotations
@@ -27,51 +31,49 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
+import nibabel as nib
 
 from spine.constants import series_type
-from spine.preprocess.volume import FILL_VALUE, Grid
+from spine.data.volume import SeriesVolume
+from spine.io.dicom import DicomStack
 
-__all__ = ["CACHE_VERSION", "Cache", "CacheError", "cache_id", "cache_params", "format_triple", "parse_triple", "volume_options"]
+__all__ = ["CACHE_VERSION", "Cache", "CacheError", "cache_id", "cache_params", "format_triple", "parse_triple",
+           "read_stack", "stack_record", "volume_options", "write_stack"]
 
-CACHE_VERSION = 4  # 2: grid never finer than acquired; 3: other-orientation and overlapped stacks left out;
-# 4: interleaved stacks of two slice sizes merged into one
-CACHE_PREFIX = "lps"  # every volume is LPS-aligned (identity direction)
+CACHE_VERSION = 5  # 2: grid never finer than acquired; 3: other-orientation and overlapped stacks left out;
+# 4: interleaved stacks of two slice sizes merged into one; 5: the acquired stacks, no resampling
+CACHE_PREFIX = "stacks"  # every series is kept as its acquired stacks
 SERIES_COLUMNS = ["split", "study_id", "series_id", "description", "status", "reason", "n_stacks",
-                  "n_slices", "n_skipped_files", "orig_shape", "orig_spacing", "shape", "spacing", "origin"]
+                  "n_slices", "n_skipped_files", "orig_shape", "orig_spacing", "shape", "spacing", "dtype",
+                  "irregular"]
 COORDINATE_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y",
-                      "world_x", "world_y", "world_z", "voxel_i", "voxel_j", "voxel_k"]
+                      "world_x", "world_y", "world_z", "stack", "voxel_i", "voxel_j", "voxel_k"]
 FOLD_COLUMNS = ["study_id", "fold"]
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def cache_params(spacing: dict[str, tuple[float, float, float]], min_slices: int, max_gap_factor: float) -> dict:
-    """Everything that decides the voxels of a cache (and so its id)."""
+def cache_params(min_slices: int, max_gap_factor: float) -> dict:
+    """Everything that decides what a cache holds (and so its id)."""
     return {
         "version": CACHE_VERSION,
-        "orientation": "LPS identity direction: i -> +x (left), j -> +y (posterior), k -> +z (head)",
-        "grid": "bounding box of the stacks' voxel centres, origin at its minimum corner",
-        "interpolation": "linear",
-        "fill_value": FILL_VALUE,
-        "combine": "mean of the stacks covering a voxel",
-        "spacing_mm": {key: [float(v) for v in values] for key, values in sorted(spacing.items())},
+        "layout": "acquired stacks: i = DICOM column, j = row, k = slice sorted along the normal by IPP",
+        "dtype": "stored integers where RescaleSlope/Intercept keep them integral (int16 or uint16), else float32",
         "min_slices": int(min_slices),
         "max_gap_factor": float(max_gap_factor),
     }
 
 
 def cache_id(params: dict) -> str:
-    """``lps-v2-<8 hex digits>``: readable prefix and a hash of `cache_params`."""
+    """``stacks-v5-<8 hex digits>``: readable prefix and a hash of `cache_params`."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     return f"{CACHE_PREFIX}-v{CACHE_VERSION}-{digest}"
 
 
-def volume_options(params: dict, description: str | None) -> dict:
-    """`make_volume` keyword arguments from a cache's params (cache.json ``params``) for a series description."""
+def volume_options(params: dict) -> dict:
+    """`spine.preprocess.volume.make_volume` keyword arguments from a cache's params (cache.json ``params``)."""
     from spine.preprocess.config import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
-    from spine.preprocess.volume import spacing_for
 
-    return {"spacing_mm": spacing_for(description, params.get("spacing_mm")),
-            "min_slices": int(params.get("min_slices", DEFAULT_MIN_SLICES)),
+    return {"min_slices": int(params.get("min_slices", DEFAULT_MIN_SLICES)),
             "max_gap_factor": float(params.get("max_gap_factor", DEFAULT_MAX_GAP_FACTOR))}
 
 
@@ -88,12 +90,8 @@ def parse_triple(text: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------- file paths
 
 
-def volume_path(root: Path, study_id: int, series_id: int) -> Path:
-    return Path(root) / "volumes" / str(int(study_id)) / f"{int(series_id)}.nii"
-
-
-def mask_path(root: Path, study_id: int, series_id: int) -> Path:
-    return Path(root) / "volumes" / str(int(study_id)) / f"{int(series_id)}_mask.nii.gz"
+def stack_path(root: Path, study_id: int, series_id: int, index: int) -> Path:
+    return Path(root) / "volumes" / str(int(study_id)) / f"{int(series_id)}_{int(index)}.nii"
 
 
 def record_path(root: Path, study_id: int, series_id: int) -> Path:
@@ -107,21 +105,92 @@ def _tmp_name(path: Path) -> Path:
 
 
 def remove_partials(folder: Path, series_id: int | None = None) -> None:
-    """Delete the temporary files a killed run left in a study folder (of one series, or of all)."""
-    if folder.is_dir():
-        for stale in folder.glob(f".{'' if series_id is None else int(series_id)}*.tmp*"):
+    """Delete the temporary files a killed run left in a study folder (of one series, or of all): hidden
+    ``.{series}.{pid}.tmp.json`` and ``.{series}_{n}.{pid}.tmp.nii`` (`_tmp_name`); never those of a series
+    whose id merely starts with the same digits."""
+    if not folder.is_dir():
+        return
+    patterns = [".*.tmp*"] if series_id is None else [f".{int(series_id)}.*.tmp*", f".{int(series_id)}_*.tmp*"]
+    for pattern in patterns:
+        for stale in folder.glob(pattern):
             stale.unlink(missing_ok=True)
 
 
-def write_image(image: sitk.Image, path: Path, compress: bool = False) -> None:
-    """Write an image atomically: to a temporary file in the same folder, then rename."""
+def storage_dtype(pixels: np.ndarray) -> np.dtype:
+    """int16 or uint16 when every value is an integer in its range (the stored DICOM integers after an integral
+    rescale), else float32."""
+    return _stored(pixels).dtype
+
+
+def _stored(pixels: np.ndarray) -> np.ndarray:
+    """The pixels as they are stored (`storage_dtype`): one min/max, one cast and one comparison, no rounding."""
+    values = np.asarray(pixels)
+    if values.dtype in (np.int16, np.uint16):
+        return values
+    if values.size:
+        low, high = float(values.min()), float(values.max())  # NaN or inf: not finite, stays float
+        if np.isfinite(low) and np.isfinite(high):
+            for dtype in (np.int16, np.uint16):
+                info = np.iinfo(dtype)
+                if info.min <= low and high <= info.max:
+                    cast = values.astype(dtype)
+                    if values.dtype.kind in "iu" or np.array_equal(cast, values):
+                        return cast
+                    break  # not integral: no other integer type holds it either
+    return values.astype(np.float32, copy=False)
+
+
+def write_stack(stack: DicomStack, path: Path) -> np.dtype:
+    """Write one stack atomically as an uncompressed NIfTI on its own grid (array [i, j, k], RAS affine of the
+    stack's affine; the nominal one for an irregular stack, whose true IPPs are in `stack_record`); returns the
+    voxel type used."""
+    stored = _stored(stack.pixels)
+    image = nib.Nifti1Image(stored.transpose(2, 1, 0), LPS_TO_RAS @ stack.affine_lps)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(image.affine, code=1)  # scanner coordinates, as dcm2niix writes them
+    image.set_sform(image.affine, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        sitk.WriteImage(image, str(tmp), compress, 1 if compress else -1)
+        nib.save(image, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return stored.dtype
+
+
+def stack_record(stack: DicomStack, name: str) -> dict:
+    """The JSON record of one cached stack: its file, exact geometry (every slice's IPP, LPS mm, float64) and
+    instance numbers."""
+    return {"file": name, "shape_ijk": [int(v) for v in stack.shape[::-1]],
+            "pixel_spacing": [float(stack.spacing[1]), float(stack.spacing[0])],  # DICOM order: row, column
+            "r": [float(v) for v in stack.direction_lps[:, 0]], "c": [float(v) for v in stack.direction_lps[:, 1]],
+            "ipp": [[float(v) for v in ipp] for ipp in stack.image_positions_lps],
+            "instance_numbers": [None if n is None else int(n) for n in stack.instance_numbers],
+            "slice_thickness": stack.slice_thickness, "regular": bool(stack.is_regular),
+            "irregular": irregular_reason(stack)}
+
+
+def irregular_reason(stack: DicomStack) -> str:
+    """Why a stack is sampled piecewise from its true slice positions (empty for a regular one)."""
+    what = []
+    if not stack.uniform:
+        steps = np.diff(stack.slice_positions)
+        what.append(f"uneven steps {steps.min():.2f}..{steps.max():.2f} mm")
+    if stack.sheared:
+        what.append(f"sheared {stack.shear_mm:.2f} mm (gantry tilt)")
+    return " and ".join(what)
+
+
+def read_stack(root: Path, folder: Path, record: dict) -> DicomStack:
+    """A cached stack, its pixels memory-mapped read-only ([k, j, i] view of the NIfTI's [i, j, k])."""
+    image = nib.load(Path(folder) / record["file"], mmap="r")
+    pixels = np.asanyarray(image.dataobj).T
+    if list(pixels.shape[::-1]) != list(record["shape_ijk"]):
+        raise CacheError(f"{Path(folder) / record['file']} holds {pixels.shape[::-1]} voxels, its record "
+                         f"{record['shape_ijk']}: rebuild the series with python -m spine.preprocess overwrite=true")
+    return DicomStack.from_slices(pixels, np.asarray(record["ipp"], dtype=np.float64), record["r"], record["c"],
+                                  record["pixel_spacing"], record["instance_numbers"], record.get("slice_thickness"))
 
 
 def write_text(text: str, path: Path) -> None:
@@ -158,7 +227,7 @@ class Cache:
     """A preprocessing cache: ``Cache(root)`` with root the cache-id folder (the one holding series.csv).
 
     Attributes:
-        cache_id: the folder's name (``lps-v2-<hash>``).
+        cache_id: the folder's name (``stacks-v5-<hash>``).
         root: that folder.
         info: cache.json (how it was made).
         series: series.csv as a DataFrame (column ``description`` is the series description).
@@ -238,43 +307,26 @@ class Cache:
             raise KeyError(f"series {study_id}/{series_id} is not in {self.root / 'series.csv'}")
         return rows.iloc[0]
 
-    def grid(self, study_id: int, series_id: int) -> Grid:
-        """Geometry of a cached volume from series.csv, without reading the volume."""
+    def record(self, study_id: int, series_id: int) -> dict:
+        """The series' record (volumes/{study}/{series}.json): its stacks' geometry and every instance's."""
+        return json.loads(record_path(self.root, study_id, series_id).read_text())
+
+    def volume_options(self) -> dict:
+        """Keyword arguments of `spine.preprocess.volume.make_volume` that select stacks as this cache did."""
+        return volume_options(self.info.get("params", {}))
+
+    def load_volume(self, study_id: int, series_id: int, percentiles=(1.0, 99.0)) -> SeriesVolume:
+        """The cached series as a `SeriesVolume` of memory-mapped stacks (nothing is read until sampled).
+
+        Raises:
+            KeyError: the series has no stacks (status error) or is not in series.csv.
+        """
         row = self.row(study_id, series_id)
         if row.status != "ok":
-            raise KeyError(f"series {study_id}/{series_id} has no volume: {row.reason}")
-        size = tuple(int(v) for v in parse_triple(row["shape"]))
-        return Grid(parse_triple(row.origin), parse_triple(row.spacing), size)  # type: ignore[arg-type]
-
-    def world_to_voxel(self, study_id: int, series_id: int, points_lps) -> np.ndarray:
-        """LPS mm (N, 3) -> continuous voxel index (N, 3) of that series' cached volume (cross-series projection)."""
-        return self.grid(study_id, series_id).world_to_voxel(points_lps)
-
-    def voxel_to_world(self, study_id: int, series_id: int, ijk) -> np.ndarray:
-        return self.grid(study_id, series_id).voxel_to_world(ijk)
-
-    # ---- how the volumes were made (for building the same volumes in memory at inference)
-    def volume_options(self, description: str | None) -> dict:
-        """Keyword arguments of `make_volume` that reproduce this cache's volumes for a series type."""
-        return volume_options(self.info.get("params", {}), description)
-
-    # ---- volumes
-    def volume_path(self, study_id: int, series_id: int) -> Path:
-        return volume_path(self.root, study_id, series_id)
-
-    def mask_path(self, study_id: int, series_id: int) -> Path:
-        return mask_path(self.root, study_id, series_id)
-
-    def load_volume(self, study_id: int, series_id: int) -> sitk.Image:
-        """The cached volume: float32 SimpleITK image with LPS geometry."""
-        return sitk.ReadImage(str(self.volume_path(study_id, series_id)), sitk.sitkFloat32)
-
-    def load_mask(self, study_id: int, series_id: int) -> sitk.Image:
-        """uint8 coverage mask on the volume's grid (1 where a stack covers the voxel)."""
-        return sitk.ReadImage(str(self.mask_path(study_id, series_id)), sitk.sitkUInt8)
-
-    def load_array(self, study_id: int, series_id: int) -> np.ndarray:
-        """The volume as a read-only memory-mapped float32 array indexed [i, j, k] (nibabel order)."""
-        import nibabel as nib
-
-        return np.asanyarray(nib.load(self.volume_path(study_id, series_id), mmap=True).dataobj)
+            raise KeyError(f"series {study_id}/{series_id} has no stacks: {row.reason}")
+        record = self.record(study_id, series_id)
+        folder = record_path(self.root, study_id, series_id).parent
+        stacks = [read_stack(self.root, folder, r) for r in record["stacks"]]
+        return SeriesVolume(stacks, tuple(float(p) for p in percentiles), int(series_id), row.description,
+                            [n for n in str(row.reason).split("; ") if n], "cache",
+                            float(self.volume_options()["max_gap_factor"]))

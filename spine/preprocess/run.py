@@ -1,11 +1,12 @@
-"""The preprocessing run: every listed series -> cached patient volume, then series.csv, coordinates.csv, folds.csv.
+"""The preprocessing run: every listed series -> its cached acquired stacks, then series.csv, coordinates.csv,
+folds.csv.
 
 One series is one job (`process_series`, a pure function of the job), run in a process pool. A job never
 raises: a broken series becomes a row with status ``error`` and the reason. A worker process that dies
 (segfault, out of memory) is detected; the series it held are retried one at a time, and the one that kills
-its worker again is recorded as an error. Each volume is written atomically and its record (``.json``)
-last, so a run killed at any moment leaves only complete series, plus temporary files that the next run
-deletes; a re-run skips complete series and redoes the rest (``overwrite=true`` redoes everything listed).
+its worker again is recorded as an error. Each stack file is written atomically and the series' record
+(``.json``) last, so a run killed at any moment leaves only complete series, plus temporary files that the next
+run deletes; a re-run skips complete series and redoes the rest (``overwrite=true`` redoes everything listed).
 Series that failed are retried on every run (failures are cheap, and may have been transient).
 """
 
@@ -32,7 +33,7 @@ from spine.preprocess.cache import (COORDINATE_COLUMNS, FOLD_COLUMNS, SERIES_COL
                                     format_triple)
 from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.folds import make_folds
-from spine.preprocess.volume import Grid, InstanceGeometry, spacing_for
+from spine.preprocess.volume import InstanceGeometry
 from spine.procs import exit_with_parent
 from spine.progress import progress
 
@@ -44,7 +45,7 @@ UNRESOLVED_CSV = "coordinates_unresolved.csv"  # label coordinates without a pos
 
 @dataclass(frozen=True)
 class Job:
-    """Everything one worker needs to turn one series folder into one cached volume."""
+    """Everything one worker needs to turn one series folder into its cached stacks."""
 
     split: str
     study_id: int
@@ -52,10 +53,8 @@ class Job:
     description: str
     series_dir: str
     root: str  # cache-id folder
-    spacing: tuple[float, float, float]
     min_slices: int
     max_gap_factor: float
-    max_voxels: int
 
 
 @dataclass
@@ -69,9 +68,9 @@ class Summary:
     n_cached: int = 0
     n_errors: int = 0
     seconds: float = 0.0
-    read_s: float = 0.0
-    resample_s: float = 0.0
-    write_s: float = 0.0
+    read_s: float = 0.0  # reading and decoding the DICOM files, summed over workers
+    select_s: float = 0.0  # choosing (and merging) the stacks
+    write_s: float = 0.0  # writing the stack files and records
     peak_rss_mb: float = 0.0
     failures: list[tuple[int, int, str, str]] = field(default_factory=list)
     message: str = ""
@@ -91,32 +90,43 @@ class Summary:
 
 
 def process_series(job: Job) -> dict:
-    """Read, resample and write one series; returns its record (status ok or error). Never raises."""
+    """Read one series, select its stacks and write each one; returns its record (status ok or error). Never
+    raises."""
     from spine.io.dicom import SeriesReadError, read_series
     from spine.preprocess.volume import VolumeError, instance_geometry, make_volume
 
     root = Path(job.root)
     record = _base_record(job)
-    folder = layout.volume_path(root, job.study_id, job.series_id).parent
+    record_file = layout.record_path(root, job.study_id, job.series_id)
     started = time.perf_counter()
     try:
-        layout.remove_partials(folder, job.series_id)
+        layout.remove_partials(record_file.parent, job.series_id)
         series = read_series(job.series_dir)
         record["instances"] = {str(n): g.to_list() for n, g in instance_geometry(series).items()}
         record.update(_stack_fields(series))
         read_done = time.perf_counter()
-        volume = make_volume(series, job.spacing, min_slices=job.min_slices,
-                             max_gap_factor=job.max_gap_factor, max_voxels=job.max_voxels,
-                             description=job.description)
-        del series  # the stacks' pixels stay referenced by volume.stacks until the end of the job
-        resample_done = time.perf_counter()
-        record.update(status="ok", reason=_join([*record.pop("_notes"), *volume.notes]),
-                      shape=format_triple(volume.grid.size), spacing=format_triple(volume.grid.spacing),
-                      origin=format_triple(volume.grid.origin))
-        layout.write_image(volume.image, layout.volume_path(root, job.study_id, job.series_id))
-        layout.write_image(volume.mask, layout.mask_path(root, job.study_id, job.series_id), compress=True)
-        layout.write_text(json.dumps(record), layout.record_path(root, job.study_id, job.series_id))
-        record["timing"] = [read_done - started, resample_done - read_done, time.perf_counter() - resample_done]
+        try:
+            volume = make_volume(series, job.description, min_slices=job.min_slices,
+                                 max_gap_factor=job.max_gap_factor, series_id=job.series_id)
+        except VolumeError:
+            record["n_stacks"] = 0  # read, but no stack could be kept
+            raise
+        del series  # the kept stacks' pixels stay referenced by volume.stacks until the end of the job
+        select_done = time.perf_counter()
+        record_file.unlink(missing_ok=True)  # never an old record next to new stack files
+        stacks = []
+        for index, stack in enumerate(volume.stacks):
+            path = layout.stack_path(root, job.study_id, job.series_id, index)
+            dtype = layout.write_stack(stack, path)
+            stacks.append({**layout.stack_record(stack, path.name), "dtype": np.dtype(dtype).name})
+        _remove_stacks(root, job, keep=len(stacks))  # more stacks written by an earlier run
+        irregular = [f"stack {n}: {s['irregular']}" for n, s in enumerate(stacks) if s["irregular"]]
+        record.update(status="ok", reason=_join([*record.pop("_notes"), *volume.notes]), n_stacks=len(stacks),
+                      shape="; ".join(format_triple(s.shape[::-1]) for s in volume.stacks),
+                      spacing="; ".join(format_triple(s.spacing) for s in volume.stacks),
+                      dtype="; ".join(s["dtype"] for s in stacks), irregular="; ".join(irregular), stacks=stacks)
+        layout.write_text(json.dumps(record), record_file)
+        record["timing"] = [read_done - started, select_done - read_done, time.perf_counter() - select_done]
     except (SeriesReadError, VolumeError) as exc:
         _record_error(record, str(exc), root, job)
     except Exception as exc:  # noqa: BLE001 - one bad series must never stop the run
@@ -130,11 +140,12 @@ def _base_record(job: Job) -> dict:
     return {"version": layout.CACHE_VERSION, "split": job.split, "study_id": job.study_id,
             "series_id": job.series_id, "description": job.description, "status": "error", "reason": "",
             "n_stacks": None, "n_slices": None, "n_skipped_files": None, "orig_shape": "", "orig_spacing": "",
-            "shape": "", "spacing": "", "origin": "", "grid_spacing": list(job.spacing), "instances": {},
+            "shape": "", "spacing": "", "dtype": "", "irregular": "", "stacks": [], "instances": {},
             "_notes": []}
 
 
 def _stack_fields(series) -> dict:
+    """What was read: every stack (n_stacks is replaced by the kept ones once the stacks are selected)."""
     skipped = series.skipped
     notes = []
     if skipped:
@@ -151,37 +162,57 @@ def _short(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _stack_files(root: Path, job: Job) -> list[tuple[int, Path]]:
+    """(index, path) of the series' stack files on disk (``{series}_{n}.nii``)."""
+    folder = layout.record_path(root, job.study_id, job.series_id).parent
+    found = []
+    for path in folder.glob(f"{int(job.series_id)}_*.nii") if folder.is_dir() else []:
+        index = path.name[len(f"{int(job.series_id)}_"):-len(".nii")]
+        if index.isdigit():
+            found.append((int(index), path))
+    return sorted(found)
+
+
+def _remove_stacks(root: Path, job: Job, keep: int = 0) -> None:
+    """Delete the series' stack files numbered ``keep`` and above."""
+    for index, path in _stack_files(root, job):
+        if index >= keep:
+            path.unlink(missing_ok=True)
+
+
 def _record_error(record: dict, reason: str, root: Path, job: Job) -> None:
     record.update(status="error", reason=_join([reason, *record.get("_notes", [])]), shape="", spacing="",
-                  origin="")
-    for path in (layout.record_path(root, job.study_id, job.series_id),  # record first: never a stale "ok"
-                 layout.volume_path(root, job.study_id, job.series_id),
-                 layout.mask_path(root, job.study_id, job.series_id)):
-        path.unlink(missing_ok=True)
+                  dtype="", irregular="", stacks=[])
+    layout.record_path(root, job.study_id, job.series_id).unlink(missing_ok=True)  # first: never a stale "ok"
+    _remove_stacks(root, job)
 
 
 def _join(notes: list[str]) -> str:
     return "; ".join(n.replace("\n", " ") for n in notes if n)
 
 
+_NIFTI_HEADER_BYTES = 352  # NIfTI-1 single file: 348-byte header + 4-byte extension flag, then the voxels
+
+
 def cached_record(job: Job) -> dict | None:
-    """The record of a complete series from an earlier run (same description and spacing), else None."""
+    """The record of a complete series from an earlier run (same cache version and description, every stack
+    file there with its full size), else None."""
     root = Path(job.root)
     try:
         record = json.loads(layout.record_path(root, job.study_id, job.series_id).read_text())
     except (OSError, ValueError):
         return None
+    stacks = record.get("stacks")
     if (record.get("status") != "ok" or record.get("version") != layout.CACHE_VERSION
-            or record.get("description") != job.description
-            or [float(v) for v in record.get("grid_spacing", [])] != [float(v) for v in job.spacing]):
+            or record.get("description") != job.description or not isinstance(stacks, list) or not stacks):
         return None
-    n_voxels = int(np.prod([int(float(v)) for v in str(record.get("shape", "0")).split()]))
-    volume = layout.volume_path(root, job.study_id, job.series_id)
+    folder = layout.record_path(root, job.study_id, job.series_id).parent
     try:
-        if volume.stat().st_size < 348 + 4 * n_voxels or not layout.mask_path(
-                root, job.study_id, job.series_id).is_file():
-            return None
-    except OSError:
+        for stack in stacks:
+            size = _NIFTI_HEADER_BYTES + int(np.prod(stack["shape_ijk"])) * np.dtype(stack["dtype"]).itemsize
+            if (folder / stack["file"]).stat().st_size != size:
+                return None
+    except (OSError, KeyError, TypeError, ValueError):
         return None
     record["split"] = job.split
     return record
@@ -263,7 +294,6 @@ def list_jobs(cfg: PreprocessConfig, root: Path) -> tuple[list[Job], list[str], 
     descriptions are the series types they name (``'sagittal t2'`` -> ``'Sagittal T2/STIR'``).
     """
     data_dir = Path(cfg.data_dir)
-    spacing_table = cfg.spacing.as_dict()
     jobs, problems, listings = [], [], {}
     for split in cfg.splits:
         listing = data_dir / f"{split}_series_descriptions.csv"
@@ -279,8 +309,7 @@ def list_jobs(cfg: PreprocessConfig, root: Path) -> tuple[list[Job], list[str], 
             study, series, description = int(row.study_id), int(row.series_id), row.description
             jobs.append(Job(split, study, series, description,
                             str(data_dir / f"{split}_images" / str(study) / str(series)), str(root),
-                            spacing_for(description, spacing_table), cfg.min_slices, cfg.max_gap_factor,
-                            cfg.max_voxels))
+                            cfg.min_slices, cfg.max_gap_factor))
     jobs.sort(key=lambda j: (j.study_id, j.series_id))
     return jobs, problems, listings
 
@@ -288,7 +317,7 @@ def list_jobs(cfg: PreprocessConfig, root: Path) -> tuple[list[Job], list[str], 
 def run(cfg: PreprocessConfig) -> Summary:
     """Preprocess every series of the chosen splits into ``cfg.cache_dir/<cache id>``; see the module docstring."""
     started = time.perf_counter()
-    params = cache_params(cfg.spacing.as_dict(), cfg.min_slices, cfg.max_gap_factor)
+    params = cache_params(cfg.min_slices, cfg.max_gap_factor)
     root = Path(cfg.cache_dir) / cache_id(params)
     summary = Summary(str(root))
     jobs, problems, listings = list_jobs(cfg, root)
@@ -325,9 +354,9 @@ def run(cfg: PreprocessConfig) -> Summary:
             summary.peak_rss_mb = max(summary.peak_rss_mb, record.get("peak_rss_mb", 0.0))
             if record["status"] == "ok":
                 summary.n_built += 1
-                read_s, resample_s, write_s = record.get("timing", (0, 0, 0))
+                read_s, select_s, write_s = record.get("timing", (0, 0, 0))
                 summary.read_s += read_s
-                summary.resample_s += resample_s
+                summary.select_s += select_s
                 summary.write_s += write_s
             bar.update()
 
@@ -400,14 +429,16 @@ def _label_coordinates(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _write_coordinates(root: Path, labels: pd.DataFrame, rejected: pd.DataFrame,
                        records: dict[tuple[int, int], dict], listing: Listing | None = None) -> int:
-    """coordinates.csv: every usable row of train_label_coordinates.csv, plus world LPS mm and cache voxel
-    (NaN where unresolved); coordinates_unresolved.csv: the rows without a world position, the ``rejected``
+    """coordinates.csv: every usable row of train_label_coordinates.csv, plus world LPS mm, the kept stack
+    holding the instance and the voxel (i, j, k) in it (empty / NaN where unresolved, or where the instance is
+    in no kept stack: then only the world position); coordinates_unresolved.csv: the rows without a world position, the ``rejected``
     ones included, each with its reason, in file order; ``listing`` (train's) names the skipped listing rows of
     series not listed. Returns how many rows that file lists."""
     labels = labels.reset_index(drop=True)
-    world, voxel, reasons = _resolve_coordinates(labels, records, listing)
+    world, stack, voxel, reasons = _resolve_coordinates(labels, records, listing)
     out = labels.drop(columns="line")
     out[["world_x", "world_y", "world_z"]] = world
+    out["stack"] = pd.array([None if np.isnan(v) else int(v) for v in stack], dtype="Int64")
     out[["voxel_i", "voxel_j", "voxel_k"]] = voxel
     layout.write_csv(out, root / "coordinates.csv")
     unresolved = labels[[r is not None for r in reasons]].assign(reason=[r for r in reasons if r is not None])
@@ -423,8 +454,10 @@ def _write_coordinates(root: Path, labels: pd.DataFrame, rejected: pd.DataFrame,
 
 
 def _resolve_coordinates(labels: pd.DataFrame, records: dict[tuple[int, int], dict], listing: Listing | None = None):
-    """(world (n, 3), voxel (n, 3), reason per row: None where the instance was found) of checked coordinates."""
+    """(world (n, 3), stack (n,), voxel (n, 3), reason per row: None where the instance was found) of checked
+    coordinates; stack and voxel are NaN where the instance is in no kept stack."""
     world = np.full((len(labels), 3), np.nan)
+    stack = np.full(len(labels), np.nan)
     voxel = np.full((len(labels), 3), np.nan)
     reasons: list[str | None] = [None] * len(labels)
     studies = {study for study, _ in records}
@@ -436,10 +469,7 @@ def _resolve_coordinates(labels: pd.DataFrame, records: dict[tuple[int, int], di
                 reasons[index] = why
             continue
         instances = {int(k): InstanceGeometry.from_list(v) for k, v in record.get("instances", {}).items()}
-        grid = None
-        if record["status"] == "ok":
-            grid = Grid(layout.parse_triple(record["origin"]), layout.parse_triple(record["spacing"]),
-                        tuple(int(v) for v in layout.parse_triple(record["shape"])))
+        slices = _slices_of(record) if record["status"] == "ok" else {}
         for index in rows:
             number = int(labels.at[index, "instance_number"])
             geometry = instances.get(number)
@@ -447,10 +477,47 @@ def _resolve_coordinates(labels: pd.DataFrame, records: dict[tuple[int, int], di
                 reasons[index] = (f"instance {number} not in series {series}" if instances else
                                   f"series {series} could not be read ({_short(record.get('reason', ''))})")
                 continue
-            world[index] = geometry.pixel_to_world(labels.at[index, "x"], labels.at[index, "y"])
-            if grid is not None:
-                voxel[index] = grid.world_to_voxel(world[index])
-    return world, voxel, reasons
+            x, y = float(labels.at[index, "x"]), float(labels.at[index, "y"])
+            world[index] = geometry.pixel_to_world(x, y)
+            if number in slices:
+                n, k = slices[number]
+                found = _stack_voxel(record["stacks"][n], k, geometry, x, y, world[index])
+                if found is not None:
+                    stack[index], voxel[index] = n, found
+    return world, stack, voxel, reasons
+
+
+def _slices_of(record: dict) -> dict[int, tuple[int, int]]:
+    """InstanceNumber -> (kept stack, slice k in it) of an ok record (first one wins)."""
+    table: dict[int, tuple[int, int]] = {}
+    for n, stack in enumerate(record.get("stacks", [])):
+        for k, number in enumerate(stack["instance_numbers"]):
+            if number is not None:
+                table.setdefault(int(number), (n, k))
+    return table
+
+
+def _stack_voxel(stack: dict, k: int, geometry: InstanceGeometry, x: float, y: float,
+                 world: np.ndarray) -> np.ndarray | None:
+    """Voxel (i, j, k) of DICOM pixel (x, y) of an instance that is slice k of a cached stack (its record
+    ``stack``): exactly (x, y, k) when the slice has the instance's own geometry; else (a slice merged from a
+    smaller stack onto this one's pixel grid) the point projected into the slice, if it lies within half a
+    slice step of it (None otherwise)."""
+    ipp = np.asarray(stack["ipp"][k], dtype=np.float64)
+    r, c = np.asarray(stack["r"], dtype=np.float64), np.asarray(stack["c"], dtype=np.float64)
+    row_spacing, col_spacing = (float(v) for v in stack["pixel_spacing"])
+    own = (np.allclose(ipp, geometry.ipp, rtol=0, atol=1e-9) and np.allclose(r, geometry.r, rtol=0, atol=1e-9)
+           and np.allclose(c, geometry.c, rtol=0, atol=1e-9) and row_spacing == geometry.row_spacing
+           and col_spacing == geometry.col_spacing)
+    if own:
+        return np.array([x, y, float(k)])
+    normal = np.cross(r, c)
+    ipps = np.asarray(stack["ipp"], dtype=np.float64)
+    step = float(np.median(np.diff(ipps @ normal))) if len(ipps) > 1 else 1.0
+    offset = world - ipp
+    if abs(float(offset @ normal)) > step / 2:
+        return None
+    return np.array([float(offset @ r) / col_spacing, float(offset @ c) / row_spacing, float(k)])
 
 
 def _not_listed(study: int, series: int, studies: set[int], listing: Listing | None) -> str:
@@ -485,8 +552,8 @@ def _report(summary: Summary) -> None:
     rate = summary.n_studies / summary.seconds if summary.seconds else 0.0
     _log(f"done in {summary.seconds:.1f} s: {summary.n_series} series in {summary.n_studies} studies "
          f"({rate:.2f} studies/s); {summary.n_ok} ok ({summary.n_built} built, {summary.n_cached} already "
-         f"complete), {summary.n_errors} error(s); read {summary.read_s:.1f} s, resample "
-         f"{summary.resample_s:.1f} s, write {summary.write_s:.1f} s (summed over workers); "
+         f"complete), {summary.n_errors} error(s); read {summary.read_s:.1f} s, select "
+         f"{summary.select_s:.1f} s, write {summary.write_s:.1f} s (summed over workers); "
          f"peak worker memory {summary.peak_rss_mb:.0f} MB{_coordinates_part(summary)}")
     for study, series, description, reason in summary.failures[:20]:
         _log(f"  error {study}/{series} ({description or 'no description'}): {reason}")

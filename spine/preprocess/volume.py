@@ -1,52 +1,20 @@
-"""Patient volumes: every stack of a series resampled onto one grid aligned with the patient axes.
+"""A series' stacks: which stacks of a `DicomSeries` make its volume, with notes on the ones left out or merged.
 
-This is the one code path from a `DicomSeries` to voxels, used by the cache writer and, in memory, by
-inference. Frames (DESIGN.md section 3):
+This is the one code path from a `DicomSeries` to a `spine.data.volume.SeriesVolume` (the acquired stacks,
+not resampled), used by the cache writer and, in memory, by inference. Frames (DESIGN.md section 3):
 
 - **World**: DICOM patient coordinates, LPS mm (+x patient left, +y posterior, +z head).
-- **Cache voxel**: continuous index (i, j, k) of a volume, with identity direction:
-  ``world = origin + (i * sx, j * sy, k * sz)``. This is SimpleITK's index order
-  (``image.TransformContinuousIndexToPhysicalPoint((i, j, k))``) and nibabel's array order ``[i, j, k]``
-  of the written NIfTI, whose RAS affine SimpleITK writes as ``diag(-sx, -sy, sz)`` plus offset.
-  Integer indices are voxel centres. Every study, every series type: same orientation.
-
-Grid: the bounding box of the voxel centres of every stack used (corners of each slice, so sheared and
-irregular stacks count with their true positions), origin at its minimum corner, ``ceil(extent / spacing)
-+ 1`` voxels per axis so the last slice centre is inside. Origin and spacing are rounded to float32, the
-precision NIfTI stores, so a volume built in memory and the same volume read back from the cache have
-exactly the same geometry.
-
-Default spacing per series type, (x, y, z) mm (`DEFAULT_SPACING_MM`; the ``spacing`` config overrides):
-- Sagittal T1 and Sagittal T2/STIR: (3.0, 0.8, 0.8). The slice direction of a sagittal series is x; lumbar
-  sagittal series are acquired 3-4.5 mm apart, so 3 mm loses nothing along x and oversamples a 4 mm
-  acquisition only 1.3x. In-plane (y, z) acquisitions are 0.5-0.8 mm (384-640 px on a 300 mm field); 0.8
-  mm keeps 384-px series at native resolution and caps 512-640-px ones, which would otherwise double or
-  triple the cache (about 18 MB per sagittal series instead of 30-50) for detail finer than the canal
-  and foramina the grades are about (5-15 mm).
-- Axial T2: (0.8, 0.8, 3.0). Same reasoning with the slice direction along z: axial stacks are 3.5-5 mm
-  apart (angled per disc, so z is only near their normal), in-plane 0.35-0.7 mm on a 180-200 mm field.
-- Anything else: 1 mm isotropic.
-
-The configured spacing is the *finest* one: along each axis the grid is never finer than the acquired
-sampling (`native_spacing`), so low-resolution series are not inflated; the rule is part of the cache id.
-
-Resampling: trilinear. Regular stacks go through SimpleITK ``Resample`` (each stack into the sub-box of the
-grid it can reach). Irregular stacks (uneven steps, missing slices, gantry-tilt shear) are resampled from
-their true slice positions: each grid voxel is mapped through `DicomStack.world_to_index` (piecewise linear
-between the true IPPs) and interpolated linearly in-plane and between the two neighbouring true slices.
-A gap wider than ``max_gap_factor`` times the median step is not bridged: only half a median step on
-either side of it counts as covered (nearest slice), the rest is left uncovered.
-
-Coverage: a voxel is covered by a stack when its continuous stack index lies within half a voxel of the
-stack's voxel centres on every axis ([-0.5, n - 0.5], SimpleITK's rule; the edge value is held there).
-Voxels no stack covers hold `FILL_VALUE` (0.0) and 0 in the mask; where several stacks cover a voxel
-(angled axial blocks overlap) their values are averaged. Intensities are the modality values
-(RescaleSlope/Intercept applied), float32, never clipped or scaled.
+- **Stack voxel**: continuous index (i, j, k) of one stack: i = DICOM column, j = row, k = slice sorted along
+  the normal by ImagePositionPatient (`spine.io.dicom`). Integer indices are voxel centres.
 
 Only the first of several volumes sharing the same positions (echoes, time points) is used. Stacks of fewer
 than ``min_slices`` slices, and stacks with several slices at the same depth shifted in-plane (no map from
 depth to slice), are left out with a note; a series with no stack left (e.g. a single slice) raises
-`VolumeError`: a one-slice "volume" has no slice direction to resample along.
+`VolumeError`: a one-slice "volume" has no slice direction to sample along.
+
+Irregular stacks (uneven steps, missing slices, gantry-tilt shear) are kept whole with their true slice
+positions and a note; the sampler interpolates between the true IPPs and does not bridge a gap wider than
+``max_gap_factor`` times the median step.
 
 One orientation per series (`own_orientation`): stacks whose slice normal is closest to another world axis
 than the series' own orientation (named by its description, else the one with most slices) are left out with a
@@ -54,7 +22,7 @@ note. A stack overlapping a larger one of the same orientation (slices of anothe
 in one series, e.g. interleaved with the larger stack's slices) is merged into it with a note
 (`merge_overlapping`): its slices at depths the larger stack lacks are resampled in-plane onto the larger one's
 pixel grid and sorted in among its slices, so depth is sampled at the finer step; its slices at depths the
-larger stack already has are left out.
+larger stack already has are left out. Multi-stack axial series (blocks angled per disc) keep every stack.
 """
 
 from __future__ import annotations
@@ -64,22 +32,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from spine.constants import series_type
-from spine.io.dicom import DicomSeries, DicomStack
-from spine.preprocess.config import (DEFAULT_MAX_GAP_FACTOR, DEFAULT_MAX_VOXELS, DEFAULT_MIN_SLICES,
-                                     DEFAULT_SPACING_MM)
+from spine.data.volume import SeriesVolume
+from spine.io.dicom import DicomSeries, DicomStack, read_series
+from spine.preprocess.cache import irregular_reason
+from spine.preprocess.config import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 
 __all__ = [
-    "DEFAULT_SPACING_MM",
-    "FILL_VALUE",
-    "Grid",
     "InstanceGeometry",
-    "SeriesVolume",
     "VolumeError",
-    "build_volume",
     "instance_geometry",
     "make_volume",
     "merge_overlapping",
@@ -87,17 +50,11 @@ __all__ = [
     "own_orientation",
     "pixel_to_world",
     "select_stacks",
-    "spacing_for",
-    "spacing_key",
     "stack_orientation",
     "volume_from_dicom",
-    "voxel_to_world",
-    "world_to_voxel",
 ]
 
-FILL_VALUE = 0.0  # value of voxels that no stack covers (the mask says which)
 _MIN_STEP_MM = 0.01  # slices closer than this along the normal are at the same depth
-_CHUNK_VOXELS = 500_000  # irregular stacks are resampled this many grid voxels at a time
 ORIENTATIONS = ("sagittal", "coronal", "axial")  # named by the world axis x, y, z closest to the slice normal
 _ORIENTATION_WORDS = {"sag": "sagittal", "sagittal": "sagittal", "cor": "coronal", "coronal": "coronal",
                       "ax": "axial", "axial": "axial", "tra": "axial", "transverse": "axial", "transversal": "axial"}
@@ -108,91 +65,6 @@ _EDGE = 1e-6  # pixels: tolerance of "between the pixel centres" of a merged sli
 
 class VolumeError(ValueError):
     """A series that cannot become a patient volume; the message says why."""
-
-
-# ----------------------------------------------------------------------------------------------- grid
-
-
-@dataclass(frozen=True)
-class Grid:
-    """An LPS-aligned voxel grid: ``world = origin + index * spacing`` (identity direction).
-
-    Attributes:
-        origin: (3,) LPS mm of the centre of voxel (0, 0, 0).
-        spacing: (3,) mm along x, y, z.
-        size: (ni, nj, nk) voxels along x, y, z (SimpleITK order; numpy arrays are [k, j, i]).
-    """
-
-    origin: np.ndarray
-    spacing: np.ndarray
-    size: tuple[int, int, int]
-
-    @property
-    def shape_kji(self) -> tuple[int, int, int]:
-        return self.size[2], self.size[1], self.size[0]
-
-    @property
-    def n_voxels(self) -> int:
-        return int(np.prod(self.size))
-
-    def world_to_voxel(self, points_lps) -> np.ndarray:
-        """LPS mm (..., 3) -> continuous index (..., 3) as (i, j, k)."""
-        return (np.asarray(points_lps, dtype=np.float64) - self.origin) / self.spacing
-
-    def voxel_to_world(self, ijk) -> np.ndarray:
-        """Continuous index (..., 3) as (i, j, k) -> LPS mm (..., 3)."""
-        return np.asarray(ijk, dtype=np.float64) * self.spacing + self.origin
-
-    def sub(self, lo, hi) -> Grid:
-        """The part of this grid from index lo (inclusive) to hi (exclusive), (i, j, k) each."""
-        lo = np.asarray(lo, dtype=int)
-        return Grid(self.origin + lo * self.spacing, self.spacing,
-                    tuple(int(v) for v in np.asarray(hi) - lo))
-
-    def apply_to(self, image: sitk.Image) -> sitk.Image:
-        image.SetOrigin(self.origin.tolist())
-        image.SetSpacing(self.spacing.tolist())
-        image.SetDirection(np.eye(3).flatten().tolist())
-        return image
-
-    @classmethod
-    def of_image(cls, image: sitk.Image) -> Grid:
-        direction = np.array(image.GetDirection()).reshape(3, 3)
-        if not np.allclose(direction, np.eye(3), atol=1e-6):
-            raise ValueError(f"not an LPS-aligned image (direction {direction.round(4).tolist()})")
-        return cls(np.array(image.GetOrigin()), np.array(image.GetSpacing()), tuple(image.GetSize()))
-
-
-def _f32(values) -> np.ndarray:
-    """Values rounded to float32 (what NIfTI stores), kept as float64."""
-    return np.asarray(values, dtype=np.float32).astype(np.float64)
-
-
-def grid_for(stacks: list[DicomStack], spacing_mm, max_voxels: int = DEFAULT_MAX_VOXELS) -> Grid:
-    """The grid over the voxel centres of every stack, at ``spacing_mm`` (x, y, z)."""
-    spacing = _f32(spacing_mm)
-    if spacing.shape != (3,) or not np.all(spacing > 0):
-        raise ValueError(f"spacing must be three positive numbers (x, y, z mm), got {spacing_mm}")
-    corners = np.concatenate([_slice_corners(s) for s in stacks])
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    size = np.ceil((hi - lo) / spacing - 1e-6).astype(int) + 1
-    grid = Grid(_f32(lo), spacing, tuple(int(v) for v in size))
-    if grid.n_voxels > max_voxels:
-        raise VolumeError(f"grid of {grid.size[0]}x{grid.size[1]}x{grid.size[2]} voxels at spacing "
-                          f"{spacing.round(3).tolist()} mm exceeds max_voxels={max_voxels} "
-                          f"(stacks span {np.round(hi - lo, 1).tolist()} mm)")
-    return grid
-
-
-def native_spacing(stacks: list[DicomStack]) -> np.ndarray:
-    """(3,) finest acquired sampling, mm, along world x, y, z: for each axis, the spacing of the stack axis
-    most aligned with it, minimum over stacks. A volume is never resampled finer than this (upsampling adds
-    voxels, not information: a 160-px series on a 300 mm field cached at 0.8 mm would be 5x larger)."""
-    per_stack = []
-    for stack in stacks:
-        nearest = np.abs(np.asarray(stack.direction_lps)).argmax(axis=1)  # stack axis closest to x, y, z
-        per_stack.append(np.asarray(stack.spacing, dtype=np.float64)[nearest])
-    return np.round(np.min(per_stack, axis=0), 4)  # 0.1 um: tidy numbers in series.csv
 
 
 def _slice_corners(stack: DicomStack, margin: float = 0.0) -> np.ndarray:
@@ -207,55 +79,7 @@ def _slice_corners(stack: DicomStack, margin: float = 0.0) -> np.ndarray:
     return stack.index_to_world(ijk)
 
 
-# ------------------------------------------------------------------------------------ series types
-
-
-def spacing_key(description: str | None) -> str:
-    """Config key of a series description: ``'Sagittal T2/STIR'`` -> ``'sagittal_t2_stir'`` (also for its
-    variants, ``' sagittal t2 '``: `spine.constants.series_type`)."""
-    key = re.sub(r"[^a-z0-9]+", "_", series_type(description).lower()).strip("_")
-    return key if key in DEFAULT_SPACING_MM and key != "other" else "other"
-
-
-def spacing_for(description: str | None, table: dict | None = None) -> tuple[float, float, float]:
-    """Grid spacing (x, y, z) mm for a series description, from ``table`` (default `DEFAULT_SPACING_MM`)."""
-    table = DEFAULT_SPACING_MM if table is None else table
-    values = table.get(spacing_key(description), table.get("other", DEFAULT_SPACING_MM["other"]))
-    return tuple(float(v) for v in values)  # type: ignore[return-value]
-
-
 # --------------------------------------------------------------------------------- building volumes
-
-
-@dataclass
-class SeriesVolume:
-    """A series resampled into a patient volume, in memory.
-
-    Attributes:
-        image: float32 SimpleITK image, LPS geometry, identity direction.
-        mask: uint8 image on the same grid: 1 where a stack covers the voxel.
-        grid: the geometry of both.
-        stacks: the stacks that went into the volume.
-        notes: what was left out or treated specially (empty for a plain single regular stack).
-    """
-
-    image: sitk.Image
-    mask: sitk.Image
-    grid: Grid
-    stacks: list[DicomStack]
-    notes: list[str] = field(default_factory=list)
-    instances: dict[int, InstanceGeometry] = field(default_factory=dict)
-
-    def world_to_voxel(self, points_lps) -> np.ndarray:
-        """LPS mm (N, 3) -> continuous voxel index (N, 3) of this volume."""
-        return self.grid.world_to_voxel(points_lps)
-
-    def voxel_to_world(self, ijk) -> np.ndarray:
-        return self.grid.voxel_to_world(ijk)
-
-    def pixel_to_world(self, instance_number: int, x, y) -> np.ndarray:
-        """LPS mm of DICOM pixel (x = column, y = row) of one instance of the series."""
-        return self.instances[int(instance_number)].pixel_to_world(x, y)
 
 
 def select_stacks(series: DicomSeries, min_slices: int = DEFAULT_MIN_SLICES,
@@ -296,16 +120,9 @@ def select_stacks(series: DicomSeries, min_slices: int = DEFAULT_MIN_SLICES,
     usable, note = merge_overlapping(usable)
     notes += [note] if note else []
     for s in usable:
-        if s.is_regular:
-            continue
-        what = []
-        if not s.uniform:
-            steps = np.diff(s.slice_positions)
-            what.append(f"uneven steps {steps.min():.2f}..{steps.max():.2f} mm")
-        if s.sheared:
-            what.append(f"sheared {s.shear_mm:.2f} mm (gantry tilt)")
-        notes.append(f"stack of {s.n_slices} slices with {' and '.join(what)}: resampled from the true "
-                     f"slice positions")
+        if not s.is_regular:
+            notes.append(f"stack of {s.n_slices} slices with {irregular_reason(s)}: sampled from the true slice "
+                         f"positions")
     return usable, notes
 
 
@@ -442,155 +259,32 @@ def _overlap(big: DicomStack, small: DicomStack) -> bool:
     return bool(shared >= _OVERLAP_FRACTION * min(areas))
 
 
-def make_volume(series: DicomSeries, spacing_mm, *, min_slices: int = DEFAULT_MIN_SLICES,
-                max_gap_factor: float = DEFAULT_MAX_GAP_FACTOR, max_voxels: int = DEFAULT_MAX_VOXELS,
-                description: str | None = None) -> SeriesVolume:
-    """Resample every usable stack of ``series`` into one LPS-aligned volume (see the module docstring).
+def make_volume(series: DicomSeries, description: str | None = None, *, min_slices: int = DEFAULT_MIN_SLICES,
+                max_gap_factor: float = DEFAULT_MAX_GAP_FACTOR, series_id: int | None = None) -> SeriesVolume:
+    """The series' usable stacks (`select_stacks`) as a `SeriesVolume`, in memory.
 
-    ``description``: the series type as listed (e.g. ``'Sagittal T1'``), which names the orientation to keep
-    (`select_stacks`); default the series' own SeriesDescription.
+    ``description``: the series type as listed (e.g. ``'Sagittal T1'``), which names the orientation to keep;
+    default the series' own SeriesDescription.
 
     Raises:
-        VolumeError: nothing to build a volume from, or a grid larger than ``max_voxels``.
+        VolumeError: no stack to make a volume from.
     """
     stacks, notes = select_stacks(series, min_slices, description)
-    grid = grid_for(stacks, np.maximum(np.asarray(spacing_mm, dtype=np.float64), native_spacing(stacks)), max_voxels)
-    image, mask = _resample_all(stacks, grid, max_gap_factor)
-    if not sitk.GetArrayViewFromImage(mask).any():
-        raise VolumeError("no grid voxel is covered by a stack")
-    return SeriesVolume(image, mask, grid, stacks, notes, instance_geometry(series))
+    return SeriesVolume(stacks, series_id=series_id, description=series_type(description or series.series_description),
+                        notes=notes, source="dicom", max_gap_factor=max_gap_factor)
 
 
-def volume_from_dicom(series_dir, description: str | None = None, *, spacing_mm=None,
-                      spacing_table: dict | None = None, **options) -> SeriesVolume:
-    """Read one series folder and build its volume in memory: the inference path, same code as the cache.
-
-    The spacing is ``spacing_mm`` if given, else the one of ``description`` in ``spacing_table`` (a cache's
-    ``cache.json`` params ``spacing_mm``, so that inference matches the cache a model was trained on), else
-    in `DEFAULT_SPACING_MM`. ``options``: ``min_slices``, ``max_gap_factor``, ``max_voxels``.
+def volume_from_dicom(series_dir, description: str | None = None, **options) -> SeriesVolume:
+    """Read one series folder and select its stacks in memory: the inference path, same code as the cache.
+    ``options``: ``min_slices``, ``max_gap_factor``, ``series_id``.
 
     Raises:
         SeriesReadError: nothing readable in the folder. VolumeError: no volume can be built.
     """
-    from spine.io.dicom import read_series
-
-    series = read_series(series_dir)
-    if description is None:
-        description = series.series_description
-    spacing = spacing_mm if spacing_mm is not None else spacing_for(description, spacing_table)
-    return make_volume(series, spacing, description=description, **options)
-
-
-def build_volume(series: DicomSeries, spacing_mm, **options) -> tuple[sitk.Image, sitk.Image]:
-    """``(image, mask)`` of `make_volume`: float32 volume (`FILL_VALUE` where uncovered), uint8 coverage mask."""
-    volume = make_volume(series, spacing_mm, **options)
-    return volume.image, volume.mask
-
-
-def _resample_all(stacks: list[DicomStack], grid: Grid, max_gap_factor: float) -> tuple[sitk.Image, sitk.Image]:
-    """Volume (float32, FILL_VALUE outside) and coverage mask (uint8) on ``grid``."""
-    if len(stacks) == 1 and stacks[0].is_regular:  # the common case, all in SimpleITK: no copies
-        resampled = _resample_regular(stacks[0], grid)  # NaN where the stack does not reach
-        mask = sitk.Equal(resampled, resampled)  # 0 where NaN
-        return sitk.Mask(resampled, mask, FILL_VALUE), mask
-    total = np.zeros(grid.shape_kji, np.float32)
-    count = np.zeros(grid.shape_kji, np.uint8)
-    for stack in stacks:
-        lo, hi = _reach(stack, grid)
-        if np.any(hi <= lo):
-            continue
-        sub = grid.sub(lo, hi)
-        if stack.is_regular:
-            resampled = _resample_regular(stack, sub)  # keep the image alive while its view is used
-            values = sitk.GetArrayViewFromImage(resampled)
-        else:
-            values = _resample_irregular(stack, sub, max_gap_factor)
-        covered = ~np.isnan(values)
-        box = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
-        np.add(total[box], values, out=total[box], where=covered)
-        count[box] += covered
-    covered = count > 0
-    np.divide(total, count, out=total, where=covered)
-    total[~covered] = FILL_VALUE
-    return grid.apply_to(sitk.GetImageFromArray(total)), grid.apply_to(sitk.GetImageFromArray(covered.view(np.uint8)))
-
-
-def _resample_regular(stack: DicomStack, grid: Grid) -> sitk.Image:
-    """SimpleITK trilinear resample of a regular stack onto ``grid``; NaN where it does not reach."""
-    resample = sitk.ResampleImageFilter()
-    resample.SetSize([int(v) for v in grid.size])
-    resample.SetOutputOrigin(grid.origin.tolist())
-    resample.SetOutputSpacing(grid.spacing.tolist())
-    resample.SetOutputDirection(np.eye(3).flatten().tolist())
-    resample.SetInterpolator(sitk.sitkLinear)
-    resample.SetDefaultPixelValue(float("nan"))
-    resample.SetOutputPixelType(sitk.sitkFloat32)
-    return resample.Execute(stack.to_sitk())
-
-
-def _reach(stack: DicomStack, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Index box [lo, hi) of the grid voxels the stack can cover (its voxels plus half a voxel)."""
-    corners = grid.world_to_voxel(_slice_corners(stack, margin=0.5))
-    lo = np.clip(np.floor(corners.min(axis=0) - 1e-6), 0, np.array(grid.size)).astype(int)
-    hi = np.clip(np.ceil(corners.max(axis=0) + 1e-6) + 1, 0, np.array(grid.size)).astype(int)
-    return lo, hi
-
-
-def _resample_irregular(stack: DicomStack, grid: Grid, max_gap_factor: float) -> np.ndarray:
-    """Trilinear resample from the true slice positions (uneven or sheared stack); NaN where uncovered."""
-    nk, nj, ni = stack.shape
-    out = np.empty(grid.shape_kji, np.float32)
-    steps = np.diff(stack.slice_positions)
-    median = float(np.median(steps))
-    wide = steps > max_gap_factor * median  # gaps not bridged by interpolation
-    plane = grid.size[0] * grid.size[1]
-    ii, jj = np.meshgrid(np.arange(grid.size[0]), np.arange(grid.size[1]), indexing="xy")  # [j, i]
-    per_chunk = max(1, _CHUNK_VOXELS // plane)
-    for k0 in range(0, grid.size[2], per_chunk):
-        ks = np.arange(k0, min(k0 + per_chunk, grid.size[2]))
-        ijk = np.stack(np.broadcast_arrays(ii[None], jj[None], ks[:, None, None]), axis=-1).astype(np.float64)
-        idx = stack.world_to_index(grid.voxel_to_world(ijk))  # [k, j, i, (i, j, k) of the stack]
-        si, sj, sk = idx[..., 0], idx[..., 1], idx[..., 2]
-        covered = ((si >= -0.5) & (si <= ni - 0.5) & (sj >= -0.5) & (sj <= nj - 0.5)
-                   & (sk >= -0.5) & (sk <= nk - 0.5))
-        if wide.any():  # inside a wide gap: nearest slice within half a median step, else uncovered
-            seg = np.clip(np.floor(sk), 0, nk - 2).astype(int)
-            inside = (sk > seg) & (sk < seg + 1) & wide[seg]
-            gap = steps[seg]
-            near_lo = (sk - seg) * gap <= median / 2
-            near_hi = (seg + 1 - sk) * gap <= median / 2
-            sk = np.where(inside & near_lo, seg, np.where(inside & near_hi, seg + 1, sk))
-            covered &= ~(inside & ~near_lo & ~near_hi)
-        values = ndimage.map_coordinates(stack.pixels, [sk.ravel(), sj.ravel(), si.ravel()], order=1,
-                                         mode="nearest", output=np.float32).reshape(sk.shape)
-        values[~covered] = np.nan
-        out[ks[0]:ks[-1] + 1] = values
-    return out
+    return make_volume(read_series(series_dir), description, **options)
 
 
 # ------------------------------------------------------------------------------------- coordinates
-
-
-def world_to_voxel(image: sitk.Image | Grid | SeriesVolume, points_lps) -> np.ndarray:
-    """LPS mm (N, 3) -> continuous voxel index (N, 3) as (i, j, k) of an image (any direction) or grid."""
-    if isinstance(image, SeriesVolume):
-        image = image.grid
-    if isinstance(image, Grid):
-        return image.world_to_voxel(points_lps)
-    origin, spacing = np.array(image.GetOrigin()), np.array(image.GetSpacing())
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    return ((np.asarray(points_lps, dtype=np.float64) - origin) @ direction) / spacing
-
-
-def voxel_to_world(image: sitk.Image | Grid | SeriesVolume, ijk) -> np.ndarray:
-    """Continuous voxel index (N, 3) as (i, j, k) -> LPS mm (N, 3); inverse of `world_to_voxel`."""
-    if isinstance(image, SeriesVolume):
-        image = image.grid
-    if isinstance(image, Grid):
-        return image.voxel_to_world(ijk)
-    origin, spacing = np.array(image.GetOrigin()), np.array(image.GetSpacing())
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    return (np.asarray(ijk, dtype=np.float64) * spacing) @ direction.T + origin
 
 
 @dataclass(frozen=True)

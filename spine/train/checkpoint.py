@@ -1,4 +1,5 @@
-"""Run-folder files: weights as safetensors, resumable training state, atomic writes.
+"""Run-folder files written by training: weights as safetensors, resumable training state, atomic writes.
+(Which files a run folder holds, and reading a finished run back: :mod:`spine.run_folder`.)
 
 A fold folder holds, after every epoch, the weights of that epoch under epoch-numbered names,
 ``last.e<NNNN>.safetensors`` (+ ``last_ema.e<NNNN>.safetensors``), and ``checkpoint.pt`` (optimizer,
@@ -23,11 +24,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-CHECKPOINT = "checkpoint.pt"
+from spine.run_folder import CHECKPOINT, MODEL_JSON, MODEL_WEIGHTS  # ckpt.MODEL_JSON etc. for the engine
+
+FINAL = MODEL_WEIGHTS  # the finished fold's weights (the file names of a run folder: spine.run_folder)
 LAST = "last.safetensors"  # the weights of checkpoints written before the epoch-numbered names (still resumed)
 LAST_EMA = "last_ema.safetensors"
-FINAL = "model.safetensors"
-MODEL_JSON = "model.json"
 
 log = logging.getLogger(__name__)
 

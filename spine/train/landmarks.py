@@ -21,8 +21,9 @@ import torch
 
 from spine.constants import CONDITION_GROUP, CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS
 from spine.data.landmarks import LandmarkDataset, point_names, studies_with_series
-from spine.data.transforms import IntensityAugment, RandomGridAffine, lr_swap_permutation
-from spine.losses import landmark_loss, local_soft_argmax, soft_argmax
+from spine.data.transforms import IntensityAugment, RandomGridAffine
+from spine.losses import landmark_loss
+from spine.models.decode import LandmarkDecoder
 from spine.train.stage import Stage
 
 PREDICTION_COLUMNS = ["study_id", "condition", "level", "world_x", "world_y", "world_z"]
@@ -38,8 +39,7 @@ class LandmarkStage(Stage):
         super().__init__(cfg, cache)
         self.scfg = cfg.stage
         self.names = point_names(self.scfg.conditions)
-        self.swap = lr_swap_permutation(self.names) if any(c.startswith(("left", "right"))
-                                                           for c in self.scfg.conditions) else None
+        self.decoder = LandmarkDecoder.from_stage(self.scfg)
 
     # ---- data
     def datasets(self, fold: int):
@@ -79,18 +79,9 @@ class LandmarkStage(Stage):
                              sigma_mm=s.sigma_mm, l1_scale_mm=s.l1_scale_mm, heatmap_weight=s.heatmap_weight)
 
     def decode(self, outputs: torch.Tensor, batch: dict) -> np.ndarray:
-        """(B, K, 3) predicted world LPS mm, in the patient's left/right (mirrored grids are undone)."""
-        s = self.scfg
-        if s.decode == "local":
-            coords = local_soft_argmax(outputs, s.grid.size, [s.decode_radius_mm / v for v in s.grid.spacing_mm])
-        else:
-            coords, _ = soft_argmax(outputs, s.grid.size)
-        world = torch.einsum("bij,bkj->bki", batch["grid_matrix"].double(), coords.double())
-        world = (world + batch["grid_origin"].double()[:, None, :]).cpu().numpy()
-        flips = batch["flip"].cpu().numpy()
-        if self.swap is not None and flips.any():
-            world[flips] = world[flips][:, self.swap]
-        return world
+        """(B, K, 3) predicted world LPS mm, in the patient's left/right (mirrored grids are undone): the
+        decoder spine-predict uses too (:class:`spine.models.decode.LandmarkDecoder`)."""
+        return self.decoder(outputs, batch["grid_matrix"], batch["grid_origin"], batch["flip"])
 
     def predict(self, outputs, batch) -> list[dict]:
         world = self.decode(outputs, batch)
