@@ -123,3 +123,18 @@ def sample_crop(volumes: Sequence[SeriesVolume | None], grid: SamplingGrid) -> t
     channels = [np.zeros(grid.size, np.float32) if v is None else v.sample(grid)[0] for v in volumes]
     present = np.array([v is not None for v in volumes], dtype=bool)
     return np.stack(channels), present
+
+
+def build_crops(volumes: Sequence[SeriesVolume | None], centres: np.ndarray, axes: np.ndarray,
+                size: Sequence[int] = DEFAULT_SIZE, crop_mm: Sequence[float] = DEFAULT_MM,
+                affine=None) -> tuple[np.ndarray, np.ndarray]:
+    """One study's crop-model input: ``(L, C, X, Y, Z)`` crops at the ``(L, 3)`` level ``centres`` (LPS mm) with
+    the ``(L, 3, 3)`` crop ``axes`` (`level_axes`), each moved by ``affine`` (a `GridAffine`, e.g. augmentation
+    or the mirror of test-time augmentation), and ``present`` ``(C,)``; the one builder of the grading dataset
+    and ``spine-predict``."""
+    crops, present = [], np.array([v is not None for v in volumes], dtype=bool)
+    for lv in range(len(centres)):
+        grid = crop_grid(centres[lv], axes[lv], size, crop_mm)
+        crop, present = sample_crop(volumes, grid if affine is None else affine(grid))
+        crops.append(crop)
+    return np.stack(crops), present

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from spine.constants import CONDITIONS, LEVELS, SEVERITIES, label_column, series_type
-from spine.data.crops import crop_grid, fill_centres, level_axes, level_centres, sample_crop
+from spine.data.crops import build_crops, fill_centres, level_axes, level_centres
 from spine.data.landmarks import truth_table
 from spine.data.transforms import GridAffine, IntensityAugment, RandomGridAffine, lr_swap_permutation
 from spine.data.views import ViewSet, build_views
@@ -246,14 +246,8 @@ class GradingDataset(Dataset):
         if self.augment is not None:
             twin = self.augment.sample(rng, len(centres))
             centres, affine = twin.centres(centres), twin.affine
-        crops = []
-        for lv in range(len(centres)):
-            grid = crop_grid(centres[lv], axes[lv], self.size, self.crop_mm)
-            if affine is not None:
-                grid = affine(grid)
-            image, present = sample_crop(volumes, grid)
-            crops.append(torch.from_numpy(image))
-        image = torch.stack(crops)
+        crops, present = build_crops(volumes, centres, axes, self.size, self.crop_mm, affine)
+        image = torch.from_numpy(crops)
         if self.intensity is not None:
             seeds = rng.integers(2**31, size=len(crops))
             image = torch.stack([self.intensity(crop, int(s))[0].float() for crop, s in zip(image, seeds)])

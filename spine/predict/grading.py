@@ -1,7 +1,7 @@
 """The grading step of inference: one grading run's probabilities of a study, with the input builders of training.
 
-Crop runs: at each level centre the crop of ``stage.crop`` (`level_axes`, `crop_grid`, `sample_crop`: what
-`spine.data.grading.GradingDataset` builds), one channel per ``stage.series`` (zeros and ``present = 0`` for a
+Crop runs: at each level centre the crop of ``stage.crop`` (`build_crops`, the builder of
+`spine.data.grading.GradingDataset`), one channel per ``stage.series`` (zeros and ``present = 0`` for a
 missing series); with ``tta`` also the mirrored crops (`GridAffine(flip_lr=True)`), whose left/right conditions
 are swapped back (`CONDITION_SWAP`). Views runs: the per-condition views of `build_views`, the builder of the
 views dataset. Probabilities are the mean over the run's folds (`grading_probabilities` of the run's loss).
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from spine.constants import CONDITIONS, PROB_COLUMNS
-from spine.data.crops import crop_grid, level_axes, sample_crop
+from spine.data.crops import build_crops, level_axes
 from spine.data.grading import CONDITION_SWAP
 from spine.data.transforms import GridAffine
 from spine.data.views import build_views
@@ -42,27 +42,24 @@ def grade_crops(run: Run, centres: np.ndarray, volumes: dict[str, SeriesVolume |
     if all(v is None for v in inputs):
         raise RunFailed("no grading series")
     axes = level_axes(centres, s.crop.align)
-    grids = [crop_grid(centres[lv], axes[lv], s.crop.size, s.crop.mm) for lv in range(len(centres))]
+    images = [build_crops(inputs, centres, axes, s.crop.size, s.crop.mm)]
     if tta:
-        grids += [GridAffine(flip_lr=True)(g) for g in grids]
-    crops, present = [], None
-    for grid in grids:
-        crop, present = sample_crop(inputs, grid)
-        crops.append(crop)
-    n_levels = len(centres)
-    image = torch.from_numpy(np.stack(crops))
-    level = torch.arange(n_levels).repeat(len(grids) // n_levels)
-    flags = torch.from_numpy(present.astype(np.float32))[None].expand(len(grids), -1)
+        images.append(build_crops(inputs, centres, axes, s.crop.size, s.crop.mm, GridAffine(flip_lr=True)))
+    present = images[0][1]
+    image = torch.from_numpy(np.concatenate([crops for crops, _ in images]))
+    n_levels, n_items = len(centres), len(images) * len(centres)
+    level = torch.arange(n_levels).repeat(len(images))
+    flags = torch.from_numpy(present.astype(np.float32))[None].expand(n_items, -1)
     total = None
     for model in run.models:
         parts = []
-        for start in range(0, len(grids), batch_size):
+        for start in range(0, n_items, batch_size):
             sl = slice(start, start + batch_size)
             with torch.inference_mode():
                 with autocast():
                     logits = model(image[sl].to(device), level[sl].to(device), flags[sl].to(device))
                 parts.append(grading_probabilities(logits.float(), s.loss).cpu().numpy())
-        probs = np.concatenate(parts).reshape(len(grids), len(CONDITIONS), len(PROB_COLUMNS))
+        probs = np.concatenate(parts).reshape(n_items, len(CONDITIONS), len(PROB_COLUMNS))
         if tta:
             probs = (probs[:n_levels] + probs[n_levels:][:, CONDITION_SWAP]) / 2
         total = probs if total is None else total + probs
