@@ -1,4 +1,4 @@
-"""The end-to-end demo: synthetic data -> (preprocess -> landmarks -> grading -> submission) -> score.
+"""The end-to-end demo: synthetic data -> (preprocess -> landmarks -> grading -> submission) -> score -> run report.
 
 Run through ``scripts/demo.sh`` (which sets up .venv). Every step calls the project's public command line,
 exactly as a user would, and prints the command before running it. Outputs go under ``--out``.
@@ -52,7 +52,7 @@ def main() -> int:
          "--studies", str(data / "test_series_descriptions.csv"), "--out", str(out / "prior_submission.csv")])
 
     cache = out / "cache"
-    run("4. preprocess: DICOM -> patient volumes (LPS), coordinates in pixel/world/voxel frames, folds",
+    run("4. preprocess: DICOM -> acquired stacks (exact geometry), coordinates in pixel/world/voxel frames, folds",
         [py, "-m", "spine.preprocess", f"data_dir={data}", f"cache_dir={cache}", "split=all"])
 
     # Short schedules on one fold: the tiny preset only checks that the stages run; benchmarks/landmarks.py
@@ -88,10 +88,15 @@ def main() -> int:
     print(f"cross-validation (fold {fold}, inputs at the landmark stage's predictions): score {cv['score']:.4f}"
           + (f", after calibration {cv['calibrated/score']:.4f}" if "calibrated/score" in cv else ""))
     (out / "scores.json").write_text(json.dumps({"test": rows, "cv": cv}, indent=2))
+    report = out / "report"
+    run("8. spine-report: one HTML page on the grading run (metrics against the prior and the oracle, plots, "
+        "landmark errors, the worst studies with their images, calibration)",
+        [str(BIN / "spine-report"), f"run={grading}", f"out={report}"])
     print(f"\n[demo] outputs in {out}: data/ (RSNA layout), preview.png, cache/ (volumes, series.csv, "
           "coordinates.csv, folds.csv), runs/landmarks/ (config, weights, metrics, OOF points, PNG), "
           "runs/grading/ (weights, calibration, OOF, confusion/reliability PNGs), submission.csv (+ .log.csv), "
-          "prior_submission.csv, scores.json")
+          "prior_submission.csv, scores.json, report/report.html")
+    print(f"[demo] the run report: {report / 'report.html'} (open it in a browser)")
     return 0
 
 

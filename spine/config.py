@@ -91,14 +91,24 @@ def compose_or_exit(command: str, overrides: list[str], schema: type[T], descrip
     """:func:`compose` for a ``main()``: ``-h``/``--help`` prints :func:`usage` and exits with code 0; a bad
     config prints one line to stderr and exits with code 2. Sets up the command's logging
     (:func:`spine.logs.configure`)."""
+    cfg = compose_or_code(command, overrides, schema, description, prog=prog, nested=nested)
+    if isinstance(cfg, int):
+        raise SystemExit(cfg)
+    return cfg
+
+
+def compose_or_code(command: str, overrides: list[str], schema: type[T], description: str = "", *,
+                    prog: str = "", nested: Mapping[str, type] | None = None) -> T | int:
+    """:func:`compose_or_exit` for a ``main()`` that returns its exit code: the config, or 0 after printing the
+    help, or 2 after printing one line on a bad config."""
     if show_help(overrides, command, schema, description, prog=prog, nested=nested):
-        raise SystemExit(0)
+        return 0
     configure_logging(command)
     try:
         return compose(command, overrides, schema)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
 
 
 # ------------------------------------------------------------------------------------------------ --help

@@ -24,21 +24,15 @@ from __future__ import annotations
 
 import sys
 
-from spine.config import ConfigError, compose, show_help
+from spine.config import compose_or_code
 from spine.doctor.config import DoctorConfig
-from spine.logs import configure as configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if show_help(args, "doctor", DoctorConfig, __doc__, prog="spine-doctor"):
-        return 0
-    configure_logging("doctor")
-    try:
-        cfg = compose("doctor", args, DoctorConfig)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    cfg = compose_or_code("doctor", args, DoctorConfig, __doc__, prog="spine-doctor")
+    if isinstance(cfg, int):
+        return cfg
     from spine.doctor.run import REPORT_JSON, run_doctor
     from spine.preprocess.cache import Cache, CacheError
 

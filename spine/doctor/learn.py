@@ -123,7 +123,7 @@ def overfit(model, stage, batches: list[dict], steps: int, lr: float, rt, *, bet
     loss parts), ``key`` (:func:`key_metric`), ``steps_done``, ``seconds``, ``stopped`` (the time limit hit)."""
     import torch
 
-    from spine.train.engine import forward, param_groups, warmup_cosine
+    from spine.train.engine import param_groups, train_step, warmup_cosine
 
     optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=lr, betas=tuple(betas))
     scheduler = warmup_cosine(optimizer, steps, max(1, steps // 10), 0.01)
@@ -132,17 +132,7 @@ def overfit(model, stage, batches: list[dict], steps: int, lr: float, rt, *, bet
     curve, key, started, stopped = [], "loss", time.perf_counter(), False
     for step in range(steps):
         batch = rt.to_device(batches[step % len(batches)])
-        with rt.autocast():
-            outputs = forward(model, stage.inputs(batch))
-        loss, parts = stage.loss(outputs, batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        loss, parts = train_step(model, batch, optimizer, scheduler, scaler, stage, rt, grad_clip)
         row = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
         curve.append(row)
         key = key_metric(row)

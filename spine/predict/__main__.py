@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import sys
 
-from spine.config import ConfigError, compose, show_help
-from spine.logs import configure as configure_logging
+from spine.config import compose_or_code
 from spine.predict.config import PredictConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if show_help(args, "predict", PredictConfig, __doc__, prog="spine-predict"):
-        return 0
-    configure_logging("predict")
-    try:
-        cfg = compose("predict", args, PredictConfig)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    cfg = compose_or_code("predict", args, PredictConfig, __doc__, prog="spine-predict")
+    if isinstance(cfg, int):
+        return cfg
     from spine.predict.run import predict  # torch and friends only once the config is valid
     from spine.predict.study import PredictError
 

@@ -94,6 +94,23 @@ def forward(model, inputs):
     return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
 
 
+def train_step(model, batch, optimizer, scheduler, scaler, stage, rt: Runtime, grad_clip: float = 0.0):
+    """One optimisation step on a batch already on the device (autocast, scaled backward, clipping, scheduler);
+    returns the loss (not synchronised) and its parts."""
+    with rt.autocast():
+        outputs = forward(model, stage.inputs(batch))
+    loss, parts = stage.loss(outputs, batch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss, parts
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, stage, rt: Runtime, *, ema: EMA | None = None,
                     grad_clip: float = 0.0, max_steps: int = 0, progress: bool = True, desc: str = "") -> dict:
     """One pass over ``loader``; returns mean loss and parts, throughput, and data vs step time per batch.
@@ -111,17 +128,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, stage, rt: Runt
         t0 = time.perf_counter()
         batch = rt.to_device(next(batches))
         t1 = time.perf_counter()
-        with rt.autocast():
-            outputs = forward(model, stage.inputs(batch))
-        loss, parts = stage.loss(outputs, batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        loss, parts = train_step(model, batch, optimizer, scheduler, scaler, stage, rt, grad_clip)
         if ema is not None:
             ema.update(model)
         size = stage.batch_size(batch)
