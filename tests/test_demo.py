@@ -23,3 +23,4 @@ def test_demo_runs_end_to_end_and_the_oracle_wins(tmp_path: Path):
     assert (out / "preview.png").exists() and (out / "data" / "train.csv").exists()
     assert (out / "submission.csv").exists() and (out / "runs" / "grading" / "calibration.json").exists()
     assert "outputs in" in result.stdout
+    assert (out / "report" / "report.html").is_file() and "the run report:" in result.stdout  # spine-report
