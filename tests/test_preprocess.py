@@ -184,12 +184,16 @@ def test_label_points_land_on_their_structures(tiny_dataset: Path, tiny_cache: C
             assert (percentile_of(tiny_cache.load_volume(study, axial), world) > 0.9).all()
             checked += 1
     assert checked >= 2
+    # The labels carry click noise (about 1 mm per axis, sometimes on the neighbouring slice) and foramina and
+    # recesses are a few mm across: the brightest of the point and its neighbours 2 mm away along each axis.
+    steps = np.array([[0, 0, 0], [2, 0, 0], [-2, 0, 0], [0, 2, 0], [0, -2, 0], [0, 0, 2], [0, 0, -2]], float)
     for condition, description in (("Left Neural Foraminal Narrowing", "Sagittal T1"),
                                    ("Right Subarticular Stenosis", "Axial T2")):
         for (study, series), rows in open_[open_.condition == condition].groupby(["study_id", "series_id"]):
             world = rows[["world_x", "world_y", "world_z"]].to_numpy()
             volume = tiny_cache.load_volume(study, series)
-            assert (percentile_of(volume, world) > 0.75).all(), (condition, study)
+            best = np.max([percentile_of(volume, world + step) for step in steps], axis=0)
+            assert (best > 0.75).all(), (condition, study)
 
 
 def test_inference_builds_the_cached_volume_in_memory(tiny_dataset: Path, tiny_cache: Cache) -> None:

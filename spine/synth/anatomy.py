@@ -1,20 +1,32 @@
-"""An analytic lumbar spine phantom: where the structures are, and how bright each is on each sequence.
+"""An analytic spine phantom: where the structures are, and how bright each is on each sequence.
 
 Frames, all in millimetres:
 - world: DICOM patient coordinates, LPS.
 - canonical: the patient frame of one study before its pose, x left, y posterior, z head, origin at the
   centre of the L3/L4 disc. world = origin + scale * rotation @ canonical.
-- spine: (x, a, t) with x = canonical x (patient left), t = arc length along the lordotic centreline of
-  the vertebral bodies (+ toward the head, 0 at L3/L4), a = offset from that centreline, + posterior.
-  The centreline is a circular arc in the canonical y-z plane whose centre lies posterior of the spine
-  (lordosis: the lumbar spine is convex anteriorly).
+- spine: (x, a, t) with x = left-right offset from the midline, t = arc length along the centreline of the
+  vertebral bodies (+ toward the head, 0 at L3/L4), a = offset from that centreline, + posterior. In the
+  sagittal plane the centreline is a circular arc whose centre lies posterior of the spine (lordosis: the
+  lumbar spine is convex anteriorly), straight above ``straight_above`` (the lower thoracic spine). A
+  scoliotic spine also bends to the side (``scoliosis``: a lateral bump of the centreline, the discs tilted
+  with it), and an anterolisthesis shifts every vertebra above a disc forward (``listhesis``).
+
+The column: ``disc_t`` holds every modelled disc, cranial first; the **last five are the labelled ones**,
+L1/L2 .. L5/S1, counted up from the sacrum. Below the lowest (mobile) disc lies the sacrum, above the labelled
+discs more vertebrae; the ``n_lumbar`` vertebrae above the sacrum are lumbar-type (no ribs), those above them
+carry rib heads. A transitional spine has 4 or 6 lumbar-type vertebrae: counted from the sacrum the labelled
+discs stay the lowest five, counted from the ribs they would not.
 
 Grades are rendered as *narrowing* values in [0, 1] (see :mod:`spine.synth.labels`): a narrowing of 0 is a
-wide-open structure, 1 is fully closed. Each condition changes only its own structure:
-- spinal canal stenosis: a posterior disc bulge indents the thecal sac at the level (sagittal T2, axial);
+wide-open structure, 1 is fully closed. Each condition changes only its own structure, and by an amount that
+is a function of its narrowing only; *which* tissue does the narrowing is nuisance (a random mix per level):
+- spinal canal stenosis: the thecal sac loses ``CANAL_CLOSE_MM * n`` of its depth at the disc, from the front
+  (disc bulge, and the step of an anterolisthesis) and from behind (ligamentum flavum thickening);
+  degenerated discs are also darker on T2 and lower (disc height loss);
 - neural foraminal narrowing: the fat-filled foramen lateral to the canal shrinks around the nerve root
-  (bright fat on sagittal T1; suppressed on the STIR-like sagittal T2);
-- subarticular stenosis: the lateral recess of the thecal sac shrinks and the facet joint grows (axial T2).
+  (bright fat on T1 and plain T2; dark on STIR);
+- subarticular stenosis: the lateral recess of the thecal sac shrinks by ``0.85 n``, filled by the facet
+  joint (hypertrophy) and the lateral ligamentum flavum in a random mix.
 """
 
 from __future__ import annotations
@@ -29,23 +41,30 @@ from spine.constants import CONDITIONS, LEVELS
 BODY_HALF_WIDTH, BODY_HALF_DEPTH = 22.0, 16.0  # vertebral body cross-section (x, a)
 CANAL_A = 27.0  # centre of the spinal canal behind the body centreline
 CANAL_HALF_WIDTH, CANAL_HALF_DEPTH = 11.0, 8.0
+CANAL_CLOSE_MM = 0.85 * 2 * (CANAL_HALF_DEPTH - 1.0)  # depth of the thecal sac closed at narrowing 1
 FORAMEN_X = 24.0  # |x| of the neural foramina (parasagittal)
 FORAMEN_A = CANAL_A - 3.0
 FORAMEN_U = 4.0  # foramina sit just cranial to their disc
 RECESS_X = 10.5  # |x| of the subarticular (lateral) recesses
 RECESS_A = CANAL_A - 3.0
 FACET_X, FACET_A = 14.5, CANAL_A + 4.0
+RIB_X, RIB_A = 29.0, 9.0  # rib heads beside the thoracic bodies
+SAC_END_MM = 45.0  # the dural sac ends this far below the lowest disc (about S2)
+SACRUM_MM = 100.0  # length of the sacrum below the lowest disc
 EDGE_MM = 0.6  # width of the soft tissue boundaries (partial volume)
+LABELLED = len(LEVELS)  # the last five discs of the column
 
-# Relative brightness of each tissue on (sagittal T1, sagittal T2/STIR, axial T2).
+# Relative brightness of each tissue on (sagittal T1, sagittal T2/STIR, axial T2). Series override some (fat
+# suppression, marrow) through the ``contrast`` argument of `Spine.render`.
 TISSUE_CONTRAST: dict[str, tuple[float, float, float]] = {
     "muscle": (0.30, 0.22, 0.25),
-    "fat": (0.95, 0.40, 0.75),  # fat is suppressed on the STIR-like sagittal T2
+    "fat": (0.95, 0.40, 0.75),
     "marrow": (0.65, 0.40, 0.42),
-    "bone": (0.33, 0.26, 0.22),  # pedicles, laminae, facets, spinous processes
+    "bone": (0.33, 0.26, 0.22),  # pedicles, laminae, facets, spinous processes, the rim of the rib heads
     "disc": (0.35, 0.80, 0.65),
     "csf": (0.12, 1.00, 1.00),
     "nerve": (0.30, 0.30, 0.30),
+    "ligament": (0.28, 0.16, 0.18),  # ligamentum flavum
 }
 SEQUENCES: tuple[str, ...] = ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")
 
@@ -59,9 +78,19 @@ class Spine:
         rotation: (3, 3) canonical -> world rotation (columns: canonical x, y, z in world LPS).
         scale: size of this patient relative to the average.
         radius: lordosis radius of the centreline arc, canonical mm.
-        disc_t: (6,) arc position of the discs T12/L1, L1/L2 .. L5/S1, canonical mm.
-        disc_height: (6,) canonical mm.
-        narrowing: condition -> (5,) narrowing in [0, 1] per level L1/L2 .. L5/S1.
+        disc_t: (D,) arc position of every disc, cranial first; the last five are L1/L2 .. L5/S1.
+        disc_height: (D,) canonical mm.
+        narrowing: condition -> (5,) narrowing in [0, 1] per labelled level L1/L2 .. L5/S1.
+        n_lumbar: lumbar-type (rib-free) vertebrae above the sacrum (5; 4 or 6 in transitional anatomy).
+        straight_above: arc position above which the centreline is straight (inf: the arc throughout).
+        scoliosis: (amplitude mm, centre t, width mm) of the lateral bump s(t) = A exp(-((t - c) / w)^2).
+        listhesis: (D,) forward slip (mm) of the vertebra above each disc over the one below.
+        lf_share: (D,) share of the canal narrowing (besides the slip's step) due to ligamentum flavum
+            thickening, from behind; the rest is disc bulge, from the front.
+        facet_share: (2, D) share of the (left, right) recess narrowing due to facet hypertrophy; the rest is
+            lateral ligamentum flavum.
+        sacral_disc: height (mm) of a rudimentary S1/S2 disc remnant; 0 for none.
+        marrow: brightness factor of the vertebral marrow (fatty or not).
     """
 
     origin: np.ndarray
@@ -71,32 +100,139 @@ class Spine:
     disc_t: np.ndarray
     disc_height: np.ndarray
     narrowing: dict[str, np.ndarray]
+    n_lumbar: int = 5
+    straight_above: float = float("inf")
+    scoliosis: tuple[float, float, float] = (0.0, 0.0, 80.0)
+    listhesis: np.ndarray | None = None
+    lf_share: np.ndarray | None = None
+    facet_share: np.ndarray | None = None
+    sacral_disc: float = 0.0
+    marrow: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.disc_t = np.asarray(self.disc_t, dtype=np.float64)
+        self.disc_height = np.asarray(self.disc_height, dtype=np.float64)
+        n_discs = len(self.disc_t)
+        if n_discs < LABELLED or len(self.disc_height) != n_discs:
+            raise ValueError(f"need at least {LABELLED} discs with a height each, got {n_discs}")
+        zeros = np.zeros(n_discs)
+        self.listhesis = zeros.copy() if self.listhesis is None else np.asarray(self.listhesis, dtype=np.float64)
+        self.lf_share = zeros.copy() if self.lf_share is None else np.asarray(self.lf_share, dtype=np.float64)
+        self.facet_share = (np.ones((2, n_discs)) if self.facet_share is None
+                            else np.asarray(self.facet_share, dtype=np.float64))
+        vertebra_mid = np.r_[self.disc_t[0] + 15.0, (self.disc_t[:-1] + self.disc_t[1:]) / 2, -np.inf]
+        self._vertebra_mid = vertebra_mid  # vertebra k lies between discs k-1 and k (0: above the column)
+        self._ribbed = np.arange(n_discs + 1) <= n_discs - 1 - self.n_lumbar
+
+    @property
+    def column_narrowing(self) -> dict[str, np.ndarray]:
+        """condition -> (D,) narrowing of every disc of the column (the unlabelled ones are normal)."""
+        pad = np.zeros(len(self.disc_t) - LABELLED)
+        return {c: np.r_[pad, np.asarray(self.narrowing[c], dtype=np.float64)] for c in CONDITIONS}
+
+    @property
+    def canal_closure(self) -> tuple[np.ndarray, np.ndarray]:
+        """(front, back): (D,) mm of the thecal sac's depth closed at each disc from the front (disc bulge and
+        the step of a slip) and from behind (ligamentum flavum). front + back = CANAL_CLOSE_MM * narrowing."""
+        total = CANAL_CLOSE_MM * self.column_narrowing["spinal_canal_stenosis"]
+        step = np.minimum(self.listhesis, 0.7 * total)  # the slip's share of the narrowing, at most its size
+        back = (total - step) * self.lf_share
+        return total - back, back
+
+    @property
+    def labelled_t(self) -> np.ndarray:
+        """(5,) arc positions of L1/L2 .. L5/S1."""
+        return self.disc_t[-LABELLED:]
 
     # ---- frames -------------------------------------------------------------------------------------
-    def world_to_spine(self, world: np.ndarray) -> np.ndarray:
-        """(..., 3) world LPS mm -> (..., 3) spine (x, a, t) canonical mm."""
-        q = (world - self.origin) @ self.rotation / self.scale
-        dy, z = self.radius - q[..., 1], q[..., 2]
-        a = self.radius - np.hypot(dy, z)
-        t = self.radius * np.arctan2(z, dy)
-        return np.stack([q[..., 0], a, t], axis=-1)
+    def world_to_spine(self, world: np.ndarray, nominal: bool = False) -> np.ndarray:
+        """(..., 3) world LPS mm -> (..., 3) spine (x, a, t) canonical mm. ``nominal``: without the slip of an
+        anterolisthesis (the pose a technician plans on)."""
+        world = np.asarray(world)
+        dtype = world.dtype if world.dtype == np.float32 else np.float64  # rendering runs in float32
+        q = (world.astype(dtype, copy=False) - self.origin.astype(dtype)) @ (self.rotation / self.scale).astype(dtype)
+        big_x, a, big_t = self._sagittal_inverse(q)
+        x, t = self._lateral_inverse(big_x, big_t)
+        if not nominal:
+            a = a + self._slip(t)
+        return np.stack([x, a, t], axis=-1)
 
-    def spine_to_world(self, spine: np.ndarray) -> np.ndarray:
+    def spine_to_world(self, spine: np.ndarray, nominal: bool = False) -> np.ndarray:
         """(..., 3) spine (x, a, t) canonical mm -> (..., 3) world LPS mm."""
+        spine = np.asarray(spine, dtype=np.float64)
         x, a, t = spine[..., 0], spine[..., 1], spine[..., 2]
-        theta, d = t / self.radius, self.radius - a
-        q = np.stack([x, self.radius - d * np.cos(theta), d * np.sin(theta)], axis=-1)
+        if not nominal:
+            a = a - self._slip(t)
+        big_x, big_t = self._lateral_forward(x, t)
+        q = self._sagittal_forward(big_x, a, big_t)
         return self.origin + self.scale * q @ self.rotation.T
 
     def tangent(self, t: float) -> np.ndarray:
-        """(3,) world unit vector along the centreline at arc position t, pointing to the head."""
-        theta = t / self.radius
-        return self.rotation @ np.array([0.0, np.sin(theta), np.cos(theta)])
+        """(3,) world unit vector along the (nominal) centreline at arc position t, pointing to the head."""
+        ends = self.spine_to_world(np.array([[0.0, 0.0, t - 0.5], [0.0, 0.0, t + 0.5]]), nominal=True)
+        d = ends[1] - ends[0]
+        return d / np.linalg.norm(d)
+
+    def _sagittal_forward(self, x, a, t) -> np.ndarray:
+        r, t_hi = self.radius, self.straight_above
+        theta = np.minimum(t, t_hi) / r
+        d = r - a
+        y, z = r - d * np.cos(theta), d * np.sin(theta)
+        if np.isfinite(t_hi):
+            extra = np.maximum(t - t_hi, 0.0)
+            th = t_hi / r
+            y, z = y + extra * np.sin(th), z + extra * np.cos(th)
+        return np.stack(np.broadcast_arrays(x, y, z), axis=-1)
+
+    def _sagittal_inverse(self, q: np.ndarray):
+        r, t_hi = self.radius, self.straight_above
+        dy, z = r - q[..., 1], q[..., 2]
+        a = r - np.hypot(dy, z)
+        t = r * np.arctan2(z, dy)
+        if np.isfinite(t_hi):
+            th = t_hi / r
+            rel_y, rel_z = q[..., 1] - r * (1 - np.cos(th)), z - r * np.sin(th)
+            along = rel_y * np.sin(th) + rel_z * np.cos(th)
+            straight = along > 0
+            t = np.where(straight, t_hi + along, t)
+            a = np.where(straight, rel_y * np.cos(th) - rel_z * np.sin(th), a)
+        return q[..., 0], a, t
+
+    def _bump(self, t):
+        """Lateral offset s(t) of the centreline and its slope s'(t)."""
+        amplitude, centre, width = self.scoliosis
+        s = amplitude * np.exp(-(((t - centre) / width) ** 2))
+        return s, -2.0 * (t - centre) / width**2 * s
+
+    def _lateral_forward(self, x, t):
+        if self.scoliosis[0] == 0:
+            return x, t
+        s, ds = self._bump(t)
+        k = 1.0 / np.sqrt(1.0 + ds**2)  # the point is x along the unit normal (1, -s') of the curve (s(t), t)
+        return s + x * k, t - x * ds * k
+
+    def _lateral_inverse(self, big_x, big_t):
+        if self.scoliosis[0] == 0:
+            return big_x, big_t
+        t = big_t
+        for _ in range(5):  # foot of the normal on the curve: (X - s(t)) s'(t) + (T - t) = 0
+            s, ds = self._bump(t)
+            t = big_t + (big_x - s) * ds
+        s, ds = self._bump(t)
+        return ((big_x - s) - (big_t - t) * ds) / np.sqrt(1.0 + ds**2), t
+
+    def _slip(self, t):
+        """Forward (anterior) shift at arc position t of the vertebrae above slipped discs, mm."""
+        shift = np.zeros_like(t, dtype=np.result_type(t, np.float32))
+        for k in np.flatnonzero(self.listhesis):
+            s = np.clip((t - self.disc_t[k]) / max(self.disc_height[k], 4.0) + 0.5, 0.0, 1.0)
+            shift = shift + self.listhesis[k] * s * s * (3 - 2 * s)
+        return shift
 
     # ---- labelled points ----------------------------------------------------------------------------
     def label_point(self, condition: str, level_index: int) -> np.ndarray:
-        """(3,) world LPS mm of the structure a radiologist marks for this condition and level."""
-        t = self.disc_t[level_index + 1]
+        """(3,) world LPS mm of the structure a radiologist marks for this condition and labelled level."""
+        t = self.labelled_t[level_index]
         side = 1.0 if condition.startswith("left") else -1.0  # patient left is +x
         if condition == "spinal_canal_stenosis":
             x, a = 0.0, CANAL_A
@@ -106,40 +242,87 @@ class Spine:
             x, a = side * RECESS_X, RECESS_A
         return self.spine_to_world(np.array([x, a, t]))
 
+    def disc_centre(self, level_index: int, nominal: bool = False) -> np.ndarray:
+        """(3,) world LPS mm of the centre of a labelled disc."""
+        return self.spine_to_world(np.array([0.0, 0.0, self.labelled_t[level_index]]), nominal=nominal)
+
     # ---- rendering ----------------------------------------------------------------------------------
-    def render(self, world: np.ndarray, sequence: str) -> np.ndarray:
-        """Noise-free brightness (about 0..1) at (..., 3) world LPS mm points, for one of ``SEQUENCES``."""
-        x, a, t = np.moveaxis(self.world_to_spine(world), -1, 0)
+    def render(self, world: np.ndarray, sequence: str, contrast: dict[str, float] | None = None) -> np.ndarray:
+        """Noise-free brightness (about 0..1) at (..., 3) world LPS mm points, for one of ``SEQUENCES``;
+        ``contrast`` overrides the brightness of some tissues (fat suppression, marrow)."""
         col = SEQUENCES.index(sequence)
-        level = self._nearest_disc(t)
-        u = t - self.disc_t[level]  # signed distance from the nearest disc plane, + cranial
-        n = {c: np.concatenate([[0.0], self.narrowing[c]])[level] for c in CONDITIONS}  # T12/L1: normal
+        value = {tissue: v[col] for tissue, v in TISSUE_CONTRAST.items()}
+        value.update(contrast or {})
+        value["marrow"] *= self.marrow
+        x, a, t = np.moveaxis(self.world_to_spine(np.asarray(world, dtype=np.float32)), -1, 0)
         edge = EDGE_MM / self.scale
-
-        def paint(image: np.ndarray, inside_sdf: np.ndarray, tissue: str, value: float | None = None):
-            weight = _soft(inside_sdf, edge)
-            bright = TISSUE_CONTRAST[tissue][col] if value is None else value
-            return image + weight * (bright - image)
-
         img = np.zeros_like(x)
         trunk = _ellipse_sdf(x, a + 45.0, 165.0, 125.0)
-        img = paint(img, trunk, "fat")
-        img = paint(img, trunk + 14.0, "muscle")  # muscle inside a 14 mm subcutaneous fat layer
-        img = paint(img, self._posterior_elements_sdf(x, a, u), "bone")
-        img = paint(img, _ellipse_sdf(x, a - CANAL_A, CANAL_HALF_WIDTH, CANAL_HALF_DEPTH), "fat")  # epidural
-        img = paint(img, self._thecal_sac_sdf(x, a, u, n), "csf")
-        in_lumbar = np.maximum(t - self.disc_t[0] - 30.0, self.disc_t[-1] - 45.0 - t)
-        body = np.maximum(_ellipse_sdf(x, a + 1.0, BODY_HALF_WIDTH, BODY_HALF_DEPTH), in_lumbar)
-        img = paint(img, body, "marrow")
+        img = _paint(img, trunk, value["fat"], edge)
+        img = _paint(img, trunk + 14.0, value["muscle"], edge)  # muscle inside a 14 mm subcutaneous fat layer
+        # everything else lies in a box around the column: rendered there only
+        near = ((np.abs(x) < 55.0) & (a > -40.0) & (a < 82.0) & (t < self.disc_t[0] + 45.0)
+                & (t > self.disc_t[-1] - SACRUM_MM - 10.0))
+        if near.any():
+            img[near] = self._render_column(x[near], a[near], t[near], img[near], value, col, edge)
+        return img
+
+    def _render_column(self, x, a, t, img, value, col, edge) -> np.ndarray:
+        level = self._nearest_disc(t)
+        u = t - self.disc_t[level]  # signed distance from the nearest disc plane, + cranial
+        n = {c: v[level] for c, v in self.column_narrowing.items()}
+        canal_front, canal_back = self.canal_closure
+        lowest = self.disc_t[-1]
+
+        def paint(image, inside_sdf, tissue: str, bright: float | None = None):
+            return _paint(image, inside_sdf, value[tissue] if bright is None else bright, edge)
+
+        img = paint(img, _posterior_elements_sdf(x, a, u), "bone")
+        epidural = _ellipse_sdf(x, a - CANAL_A, CANAL_HALF_WIDTH, CANAL_HALF_DEPTH)
+        img = paint(img, epidural, "fat")
+        # ligamentum flavum: a thin band behind the sac, thickened at the disc by its share of the narrowing
+        bump = np.exp(-((u / 7.0) ** 2) - (x / 10.0) ** 2)
+        back = canal_back[level] * bump
+        img = paint(img, np.maximum(epidural, CANAL_A + CANAL_HALF_DEPTH - 2.5 - back - a), "ligament")
+        for side, name in ((1.0, "left"), (-1.0, "right")):
+            grow = (1.0 - self.facet_share[0 if side > 0 else 1][level]) * n[f"{name}_subarticular_stenosis"]
+            lateral = _ellipse_sdf(side * x - (RECESS_X - 1.0), a - (RECESS_A + 4.5), 1.5 + 3.0 * grow,
+                                   1.2 + 2.5 * grow)
+            img = paint(img, np.maximum(lateral, np.abs(u) - 9.0), "ligament")
+        # disc material in front of the sac where the disc bulges (or the body below a slip steps) into it
+        front = canal_front[level] * bump
+        degenerate = 1.0 - 0.45 * n["spinal_canal_stenosis"]  # desiccated discs are darker on T2
+        disc_value = value["disc"] * (degenerate if col else 1.0)
+        img = paint(img, np.maximum(epidural, a - (CANAL_A - CANAL_HALF_DEPTH + front)), "disc", disc_value)
+        sac = self._thecal_sac_sdf(x, a, u, n, front, back)
+        img = paint(img, np.maximum(sac, (lowest - SAC_END_MM) - t), "csf")
+        # vertebral bodies from above the column down through the sacrum (wider at the alae, tapering)
+        below = np.clip((lowest - t) / SACRUM_MM, 0.0, 1.0)
+        in_column = np.maximum(t - self.disc_t[0] - 30.0, (lowest - SACRUM_MM) - t)
+        body = _ellipse_sdf(x, a + 1.0 + 8.0 * below, BODY_HALF_WIDTH + 20.0 * np.clip(4.0 * below, 0.0, 1.0),
+                            BODY_HALF_DEPTH * (1.0 - 0.45 * below))
+        img = paint(img, np.maximum(body, in_column), "marrow")
         disc = np.maximum(_ellipse_sdf(x, a + 1.0, BODY_HALF_WIDTH + 1.5, BODY_HALF_DEPTH + 1.0),
                           np.abs(u) - self.disc_height[level] / 2)
-        degenerate = 1.0 - 0.45 * n["spinal_canal_stenosis"]  # desiccated discs are darker on T2
-        disc_value = TISSUE_CONTRAST["disc"][col] * (degenerate if col else 1.0)
         img = paint(img, disc, "disc", disc_value)
+        if self.sacral_disc > 0:  # rudimentary S1/S2 disc: thin, smaller, dark
+            us = t - (lowest - 0.8 * (self.disc_t[-2] - lowest))
+            remnant = np.maximum(_ellipse_sdf(x, a + 3.0, BODY_HALF_WIDTH - 6.0, BODY_HALF_DEPTH - 5.0),
+                                 np.abs(us) - self.sacral_disc / 2)
+            img = paint(img, remnant, "disc", 0.6 * value["disc"])
         for side, name in ((1.0, "left"), (-1.0, "right")):
             img = self._paint_foramen(img, paint, side * x, a, u, n[f"{name}_neural_foraminal_narrowing"])
-            facet = _ellipse_sdf(side * x - FACET_X, a - FACET_A, *(3.5 * (1.0 + 0.9 * n[f"{name}_subarticular_stenosis"]),) * 2)
+            share = self.facet_share[0 if side > 0 else 1][level]
+            radius = 3.5 * (1.0 + 0.9 * share * n[f"{name}_subarticular_stenosis"])
+            facet = _ellipse_sdf(side * x - FACET_X, a - FACET_A, radius, radius)
             img = paint(img, np.maximum(facet, np.abs(u) - 8.0), "bone")
+        vertebra = np.searchsorted(-self.disc_t, -t)  # 0 above the top disc, k between discs k-1 and k
+        ribbed = self._ribbed[vertebra]
+        if ribbed.any():
+            rib = np.maximum(_ellipse_sdf(np.abs(x) - RIB_X, a - RIB_A, 7.0, 5.0),
+                             np.abs(t - self._vertebra_mid[vertebra]) - 7.0)
+            rib = np.where(ribbed, rib, 1e3)
+            img = paint(paint(img, rib, "bone"), rib + 1.2, "marrow")  # a cortical rim around marrow
         return img
 
     def _nearest_disc(self, t: np.ndarray) -> np.ndarray:
@@ -147,13 +330,12 @@ class Spine:
         mids = (self.disc_t[:-1] + self.disc_t[1:]) / 2
         return np.searchsorted(-mids, -t)
 
-    def _thecal_sac_sdf(self, x, a, u, n) -> np.ndarray:
-        """CSF space: canal ellipse, indented anteriorly by the disc bulge, plus the two lateral recesses."""
+    def _thecal_sac_sdf(self, x, a, u, n, front, back) -> np.ndarray:
+        """CSF space: canal ellipse, indented by ``front`` mm from the front and ``back`` mm from behind at the
+        disc, plus the two lateral recesses (shrunk by their narrowing)."""
         sac = _ellipse_sdf(x, a - CANAL_A, CANAL_HALF_WIDTH - 1.0, CANAL_HALF_DEPTH - 1.0)
-        bulge = 0.85 * n["spinal_canal_stenosis"] * 2 * (CANAL_HALF_DEPTH - 1.0)
-        bulge = bulge * np.exp(-((u / 7.0) ** 2) - (x / 10.0) ** 2)
-        front = CANAL_A - (CANAL_HALF_DEPTH - 1.0) + bulge - a  # > 0 anterior of the indented front
-        sac = np.maximum(sac, front)
+        sac = np.maximum(sac, CANAL_A - (CANAL_HALF_DEPTH - 1.0) + front - a)  # > 0 anterior of the front
+        sac = np.maximum(sac, a - (CANAL_A + CANAL_HALF_DEPTH - 1.0 - back))  # > 0 posterior of the back
         for side, name in ((1.0, "left"), (-1.0, "right")):
             open_ = (1.0 - 0.85 * n[f"{name}_subarticular_stenosis"]) * np.clip(1.0 - (u / 9.0) ** 2, 0, 1)
             recess = _ellipse_sdf(side * x - RECESS_X, a - RECESS_A, 4.5 * open_ + 1e-3, 3.5 * open_ + 1e-3)
@@ -161,13 +343,7 @@ class Spine:
         return sac
 
     @staticmethod
-    def _posterior_elements_sdf(x, a, u) -> np.ndarray:
-        """Pedicles and laminae around the canal, the spinous process behind it."""
-        arch = _ellipse_sdf(x, a - CANAL_A - 2.0, FORAMEN_X + 8.0, CANAL_HALF_DEPTH + 8.0)
-        spinous = np.maximum(np.abs(x) - 4.0, np.abs(a - CANAL_A - 28.0) - 18.0)
-        return np.minimum(arch, spinous)
-
-    def _paint_foramen(self, img, paint, lateral_x, a, u, narrowing):
+    def _paint_foramen(img, paint, lateral_x, a, u, narrowing):
         """One side's foramen (lateral_x > 0 on that side): fat around a nerve root, between pedicles."""
         band = np.abs(lateral_x - FORAMEN_X) - 7.0  # the foramen spans x = 17..31 mm from the midline
         height = 6.5 * (1.0 - 0.75 * narrowing)
@@ -178,6 +354,18 @@ class Spine:
         return paint(img, np.maximum(root, band), "nerve")
 
 
+def _posterior_elements_sdf(x, a, u) -> np.ndarray:
+    """Pedicles and laminae around the canal, the spinous process behind it."""
+    arch = _ellipse_sdf(x, a - CANAL_A - 2.0, FORAMEN_X + 8.0, CANAL_HALF_DEPTH + 8.0)
+    spinous = np.maximum(np.abs(x) - 4.0, np.abs(a - CANAL_A - 28.0) - 18.0)
+    return np.minimum(arch, spinous)
+
+
+def _paint(image: np.ndarray, inside_sdf: np.ndarray, bright: float | np.ndarray, edge: float) -> np.ndarray:
+    weight = _soft(inside_sdf, edge)
+    return image + weight * (bright - image)
+
+
 def _ellipse_sdf(dx: np.ndarray, dy: np.ndarray, rx, ry) -> np.ndarray:
     """Approximate signed distance (mm, < 0 inside) to an axis-aligned ellipse with semi-axes rx, ry."""
     radius = np.minimum(rx, ry)
@@ -185,8 +373,8 @@ def _ellipse_sdf(dx: np.ndarray, dy: np.ndarray, rx, ry) -> np.ndarray:
 
 
 def _soft(sdf: np.ndarray, edge: float) -> np.ndarray:
-    """Membership in [0, 1] from a signed distance: a smooth edge of about `edge` mm (partial volume)."""
-    return 0.5 * (1.0 - np.tanh(sdf / edge))
+    """Membership in [0, 1] from a signed distance: a linear edge about 2 `edge` mm wide (partial volume)."""
+    return np.clip(0.5 - sdf * (0.45 / edge), 0.0, 1.0)
 
 
 LEVEL_COUNT = len(LEVELS)

@@ -37,6 +37,7 @@ class SliceTags:
     patient_position: str | None = "HFS"
     rescale: tuple[float, float] | None = None  # (slope, intercept), stored value -> modality value
     extra: dict[str, object] = field(default_factory=dict)  # any other keyword -> value
+    uid_seed: str | None = None  # SOPInstanceUID derived from this text (the same bytes on every run); None: random
 
 
 def write_slice(path: str | Path, pixels: np.ndarray, tags: SliceTags) -> None:
@@ -51,7 +52,9 @@ def write_slice(path: str | Path, pixels: np.ndarray, tags: SliceTags) -> None:
         raise ValueError(f"pixels must be a 2-D uint16/int16 array, got {pixels.dtype} {pixels.shape}")
     ds = _dataset(tags)
     bits = int(max(12, int(pixels.max()).bit_length())) if pixels.dtype == np.uint16 else 16
-    ds.set_pixel_data(np.ascontiguousarray(pixels), "MONOCHROME2", bits)
+    # set_pixel_data draws a new SOPInstanceUID unless told not to: keep the derived one of a ``uid_seed``
+    ds.set_pixel_data(np.ascontiguousarray(pixels), "MONOCHROME2", bits,
+                      generate_instance_uid=tags.uid_seed is None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)  # with the preamble and 'DICM', or dcmread refuses it
@@ -60,7 +63,8 @@ def write_slice(path: str | Path, pixels: np.ndarray, tags: SliceTags) -> None:
 def _dataset(tags: SliceTags) -> FileDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid(_UID_ROOT)
+    meta.MediaStorageSOPInstanceUID = generate_uid(_UID_ROOT, entropy_srcs=None if tags.uid_seed is None
+                                                   else [tags.uid_seed])
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = MRImageStorage

@@ -4,7 +4,7 @@ Layout written under ``out_dir`` (see docs/synthetic.md):
     train.csv, train_label_coordinates.csv, train_series_descriptions.csv, train_images/{study}/{series}/{n}.dcm
     test_series_descriptions.csv, test_images/..., sample_submission.csv
     test_labels.csv (hidden truth, train.csv format), oracle_submission.csv (Bayes-optimal), truth.csv
-    dataset.json (how it was made)
+    dataset.json (how it was made, generator_version), studies.csv (per study: anatomy and acquisition variations)
 """
 
 from __future__ import annotations
@@ -23,11 +23,46 @@ from spine.constants import (CONDITION_NAMES, CONDITION_SERIES, CONDITIONS, LABE
                              PROB_COLUMNS, SEVERITIES, label_column, study_row_ids)
 from spine.synth import labels as label_model
 from spine.synth.acquisition import SeriesPlan, plan_axial, plan_sagittal, render_slice
-from spine.synth.anatomy import Spine
+from spine.synth.anatomy import LABELLED, Spine
 from spine.synth.config import SynthConfig
 from spine.synth.dicom_writer import SliceTags, write_slice
 
-SERIES_SEQUENCE = {"Sagittal T1": "Sagittal T1", "Sagittal T2/STIR": "Sagittal T2/STIR", "Axial T2": "Axial T2"}
+GENERATOR_VERSION = 2  # recorded in dataset.json: numbers measured on different versions are not comparable
+# Intensity scale (gain) ranges of three scanner vendors and how common each is: stored values from hundreds to
+# several thousands.
+VENDOR_GAINS = ((350.0, 900.0), (900.0, 2500.0), (2500.0, 6000.0))
+VENDOR_WEIGHTS = (0.35, 0.4, 0.25)
+N_DISCS = 12  # discs modelled per spine: the five labelled ones and seven above them
+SERIES_IDS = 5  # series ids drawn per study (at most five series)
+OPTIONAL_TAGS = ("SliceThickness", "SliceLocation", "SpacingBetweenSlices", "SeriesDescription", "PatientPosition")
+_MISSING_LEVEL_WEIGHTS = (0.05, 0.05, 0.1, 0.2, 0.6)  # which level a study's missing labels are at
+
+
+@dataclass
+class SeriesSpec:
+    """One series of a study, planned: geometry, appearance and tags (rendering only adds the pixel noise)."""
+
+    series_id: int
+    description: str
+    plan: SeriesPlan
+    look: dict
+    drop: set  # optional tags left out
+    flip_location: bool  # SliceLocation with the wrong sign
+    rescale: tuple[float, float] | None  # (RescaleSlope, RescaleIntercept) written, or None
+
+
+@dataclass
+class StudyPlan:
+    """Everything sampled for one study before its pixels are rendered."""
+
+    study_id: int
+    split: str
+    spine: Spine
+    series: list[SeriesSpec]
+    labels: dict  # row of train.csv / test_labels.csv
+    coordinates: list[dict]  # rows of train_label_coordinates.csv
+    narrowing: dict  # condition -> (5,) latent narrowing
+    facts: dict  # row of studies.csv
 
 
 @dataclass
@@ -41,6 +76,7 @@ class StudyResult:
     coordinates: list[dict]  # rows of train_label_coordinates.csv
     narrowing: dict  # condition -> list of 5 latent narrowing values (the truth the oracle uses)
     geometry: list[dict]  # per series: stacks, slices, spacing (for the dataset card)
+    facts: dict  # anatomy and acquisition variations of the study (studies.csv)
 
 
 def generate(cfg: SynthConfig) -> Path:
@@ -48,10 +84,7 @@ def generate(cfg: SynthConfig) -> Path:
     out = Path(cfg.out_dir)
     _prepare_out_dir(out, cfg.overwrite)
     started = time.perf_counter()
-    root = np.random.SeedSequence(cfg.seed)
-    ids = _unique_ids(np.random.default_rng(root.spawn(1)[0]), cfg.n_train + cfg.n_test, 4)
-    jobs = [(cfg, int(ids[i, 0]), [int(s) for s in ids[i, 1:]], "train" if i < cfg.n_train else "test", seq)
-            for i, seq in enumerate(root.spawn(cfg.n_train + cfg.n_test))]
+    jobs = study_jobs(cfg)
     if cfg.workers > 1:
         with ProcessPoolExecutor(cfg.workers) as pool:
             results = list(pool.map(_study_job, jobs, chunksize=1))
@@ -62,6 +95,14 @@ def generate(cfg: SynthConfig) -> Path:
     return out
 
 
+def study_jobs(cfg: SynthConfig) -> list[tuple]:
+    """(cfg, study id, series ids, split, seed sequence) of every study of the dataset, in order."""
+    root = np.random.SeedSequence(cfg.seed)
+    ids = _unique_ids(np.random.default_rng(root.spawn(1)[0]), cfg.n_train + cfg.n_test, 1 + SERIES_IDS)
+    return [(cfg, int(ids[i, 0]), [int(s) for s in ids[i, 1:]], "train" if i < cfg.n_train else "test", seq)
+            for i, seq in enumerate(root.spawn(cfg.n_train + cfg.n_test))]
+
+
 def _study_job(job) -> StudyResult:
     cfg, study_id, series_ids, split, seed = job
     return make_study(cfg, study_id, series_ids, split, np.random.default_rng(seed))
@@ -70,47 +111,108 @@ def _study_job(job) -> StudyResult:
 def make_study(cfg: SynthConfig, study_id: int, series_ids: list[int], split: str,
                rng: np.random.Generator) -> StudyResult:
     """Sample one study's anatomy, labels and acquisitions and write its DICOM files."""
+    plan = plan_study(cfg, study_id, series_ids, split, rng)
+    images_dir = Path(cfg.out_dir) / f"{split}_images" / str(study_id)
+    for spec in plan.series:
+        _write_series(images_dir / str(spec.series_id), plan.spine, spec, study_id, rng)
+    return StudyResult(study_id, split,
+                       [{"study_id": study_id, "series_id": s.series_id, "series_description": s.description}
+                        for s in plan.series],
+                       plan.labels, plan.coordinates, {c: plan.narrowing[c].tolist() for c in CONDITIONS},
+                       [_series_geometry(s) for s in plan.series], plan.facts)
+
+
+def plan_study(cfg: SynthConfig, study_id: int, series_ids: list[int], split: str,
+               rng: np.random.Generator) -> StudyPlan:
+    """Everything about one study but its pixels: anatomy, grades, series and their looks, labels, points.
+
+    The grades' reading noise is drawn right after the anatomy, from the same generator as the nuisance but
+    independently of it, so the images (a function of the narrowing and of nuisance) say nothing about the
+    noise: the oracle stays Bayes-optimal."""
     narrowing = label_model.sample_narrowing(rng)
-    spine = _sample_spine(narrowing, rng)
+    spine, facts = _sample_spine(narrowing, rng, cfg)
     grades = {c: label_model.read_label(narrowing[c], cfg.label_noise, rng) for c in CONDITIONS}
-    missing = _missing_labels(rng, cfg.missing_label_rate)
+    layout = _series_layout(rng, cfg)
+    place = (float(rng.beta(0.5, 0.5)), float(rng.random())) if rng.random() < cfg.sag_placement_rate else None
+    vendor = int(rng.choice(len(VENDOR_GAINS), p=VENDOR_WEIGHTS))
+    vendor_gain = float(rng.uniform(*VENDOR_GAINS[vendor]))
+    specs, first_axial = [], True
+    for (description, levels), series_id in zip(layout, series_ids):
+        if description == "Axial T2":
+            plan = plan_axial(spine, rng, cfg, levels, partial=first_axial and rng.random() < cfg.ax_partial_rate)
+            first_axial = False
+        else:
+            plan = plan_sagittal(spine, description, rng, cfg, place)
+        specs.append(SeriesSpec(series_id, description, plan, _sample_look(description, vendor_gain, rng, cfg),
+                                *_sample_tags(rng, cfg)))
+    label_series, uncovered = _label_series(spine, specs, rng)
+    missing = uncovered | _missing_labels(rng, cfg.missing_label_rate)
     labels = {"study_id": study_id}
     for c in CONDITIONS:
         for li, lv in enumerate(LEVELS):
             labels[label_column(c, lv)] = None if (c, lv) in missing else SEVERITIES[grades[c][li]]
-    plans = {
-        "Sagittal T1": plan_sagittal(spine, "Sagittal T1", rng, cfg),
-        "Sagittal T2/STIR": plan_sagittal(spine, "Sagittal T2/STIR", rng, cfg),
-        "Axial T2": plan_axial(spine, rng, cfg),
-    }
-    kept = [d for d in plans if rng.random() >= cfg.missing_series_rate] or list(plans)
-    images_dir = Path(cfg.out_dir) / f"{split}_images" / str(study_id)
-    series_rows, geometry, coordinates = [], [], []
-    for description, series_id in zip(plans, series_ids):
-        if description not in kept:
-            continue
-        plan = plans[description]
-        _write_series(images_dir / str(series_id), spine, plan, study_id, series_id, rng, cfg)
-        series_rows.append({"study_id": study_id, "series_id": series_id, "series_description": description})
-        geometry.append(_series_geometry(plan, description))
-        if split == "train":
-            coordinates += _label_coordinates(spine, plan, study_id, series_id, labels)
-    return StudyResult(study_id, split, series_rows, labels, coordinates,
-                       {c: narrowing[c].tolist() for c in CONDITIONS}, geometry)
+    coordinates = _label_coordinates(spine, label_series, study_id, labels, rng, cfg) if split == "train" else []
+    sagittal = [s for s in specs if s.description.startswith("Sagittal")]
+    facts.update(
+        study_id=study_id, split=split, n_series=len(specs),
+        series=";".join(s.description for s in specs), vendor=int(vendor),
+        sagittal_placed=place is not None,
+        sagittal_centre_mm=round(_sagittal_centre_offset(spine, sagittal[0].plan), 1) if sagittal else None,
+        axial_coverage=";".join(f"{s.plan.coverage}:{''.join(str(v) for v in s.plan.levels)}"
+                                for s in specs if s.description == "Axial T2"),
+        missing_labels=sum(v is None for k, v in labels.items() if k != "study_id"))
+    return StudyPlan(study_id, split, spine, specs, labels, coordinates, narrowing, facts)
 
 
-def _sample_spine(narrowing: dict[str, np.ndarray], rng: np.random.Generator) -> Spine:
-    """Pose and shape of one patient's lumbar spine (world LPS mm)."""
+def _sample_spine(narrowing: dict[str, np.ndarray], rng: np.random.Generator,
+                  cfg: SynthConfig) -> tuple[Spine, dict]:
+    """Pose and shape of one patient's spine (world LPS mm), and what is unusual about it (facts)."""
     angles = np.radians(rng.uniform([-10, -5, -4], [10, 5, 4]))  # pitch (x), roll (y), yaw (z)
     rotation = _rotation(*angles)
     origin = np.array([rng.uniform(-10, 10), rng.uniform(0, 40), rng.uniform(-150, 150)])
-    pitch = rng.uniform(34.0, 39.0)  # disc-to-disc distance along the arc
-    disc_t = pitch * np.array([3.0, 2.0, 1.0, 0.0, -1.0, -2.0]) + np.r_[rng.normal(0, 1.5, 3), 0, rng.normal(0, 1.5, 2)]
-    height = rng.uniform(8.0, 11.0, 6)
-    height[1:] *= 1.0 - 0.3 * narrowing["spinal_canal_stenosis"]  # degenerated discs lose height
-    return Spine(origin=origin, rotation=rotation, scale=float(rng.uniform(0.9, 1.1)),
-                 radius=float(rng.uniform(250.0, 450.0)), disc_t=disc_t, disc_height=height,
-                 narrowing=narrowing)
+    n_lumbar = 5
+    if rng.random() < cfg.transitional_rate:
+        n_lumbar = 4 if rng.random() < 0.5 else 6
+    pitch = rng.uniform(34.0, 39.0)  # disc-to-disc distance along the arc, lumbar
+    thoracic_pitch = pitch * rng.uniform(0.78, 0.88)
+    # vertebra k lies between discs k-1 and k; the lowest n_lumbar ones are lumbar-type
+    lumbar = np.arange(N_DISCS) >= N_DISCS - n_lumbar
+    gaps = np.where(lumbar, pitch, thoracic_pitch) + rng.normal(0, 1.5, N_DISCS)
+    disc_t = np.zeros(N_DISCS)
+    l3_l4 = N_DISCS - 3
+    for k in range(l3_l4 + 1, N_DISCS):
+        disc_t[k] = disc_t[k - 1] - gaps[k]
+    for k in range(l3_l4 - 1, -1, -1):
+        disc_t[k] = disc_t[k + 1] + gaps[k + 1]
+    height = np.where(lumbar, rng.uniform(8.0, 11.0, N_DISCS), rng.uniform(5.0, 7.0, N_DISCS))
+    height[-LABELLED:] *= 1.0 - 0.3 * narrowing["spinal_canal_stenosis"]  # degenerated discs lose height
+    straight_above = float(disc_t[-LABELLED - 1] + rng.uniform(0.0, 25.0))
+    scoliosis, cobb = (0.0, 0.0, 80.0), 0.0
+    if rng.random() < cfg.scoliosis_rate:
+        cobb = float(rng.uniform(min(4.0, cfg.scoliosis_max_deg), cfg.scoliosis_max_deg))
+        width = float(rng.uniform(60.0, 110.0))
+        # the bump's tangents tilt by +-atan(0.858 A / w): the Cobb angle is twice that
+        amplitude = np.tan(np.radians(cobb) / 2) * width / np.sqrt(2 / np.e) * (1 if rng.random() < 0.5 else -1)
+        scoliosis = (float(amplitude), float(rng.uniform(-60.0, 60.0)), width)
+    listhesis = np.zeros(N_DISCS)
+    listhesis_level = ""
+    if rng.random() < cfg.listhesis_rate:
+        k = N_DISCS - 2 if rng.random() < 0.7 else N_DISCS - 1  # L4 over L5, or L5 over S1
+        listhesis[k] = rng.uniform(2.0, 7.0)
+        listhesis_level = LEVEL_NAMES[k - (N_DISCS - LABELLED)]
+    lf_share = np.zeros(N_DISCS)
+    lf_share[-LABELLED:] = rng.uniform(0.0, 0.6, LABELLED)
+    facet_share = np.ones((2, N_DISCS))
+    facet_share[:, -LABELLED:] = rng.uniform(0.3, 1.0, (2, LABELLED))
+    sacral_disc = float(rng.uniform(1.5, 3.0)) if rng.random() < cfg.sacral_disc_rate else 0.0
+    spine = Spine(origin=origin, rotation=rotation, scale=float(rng.uniform(0.9, 1.1)),
+                  radius=float(rng.uniform(250.0, 450.0)), disc_t=disc_t, disc_height=height,
+                  narrowing=narrowing, n_lumbar=n_lumbar, straight_above=straight_above, scoliosis=scoliosis,
+                  listhesis=listhesis, lf_share=lf_share, facet_share=facet_share, sacral_disc=sacral_disc,
+                  marrow=float(rng.uniform(0.85, 1.15)))
+    facts = {"n_lumbar": n_lumbar, "cobb_deg": round(cobb, 1), "listhesis_level": listhesis_level,
+             "listhesis_mm": round(float(listhesis.max()), 2)}
+    return spine, facts
 
 
 def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -121,26 +223,96 @@ def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def _series_layout(rng: np.random.Generator, cfg: SynthConfig) -> list[tuple[str, list[int] | None]]:
+    """(description, axial levels or None) of each series of a study: the three usual ones, 0-2 extra ones (a
+    second Axial T2 through L3-S1 or all discs, or a repeated sagittal), rarely without one sagittal."""
+    layout: list[tuple[str, list[int] | None]] = [("Sagittal T1", None), ("Sagittal T2/STIR", None),
+                                                  ("Axial T2", None)]
+    p4, p5 = (list(cfg.extra_series_rates) + [0.0, 0.0])[:2]
+    draw = rng.random()
+    n_extra = 2 if draw < p5 else 1 if draw < p5 + p4 else 0
+    for _ in range(n_extra):
+        if rng.random() < cfg.extra_axial_share:
+            layout.append(("Axial T2", [2, 3, 4] if rng.random() < 0.5 else None))
+        else:
+            layout.append(("Sagittal T1" if rng.random() < 0.5 else "Sagittal T2/STIR", None))
+    if rng.random() < cfg.missing_sagittal_rate:
+        gone = "Sagittal T1" if rng.random() < 2 / 3 else "Sagittal T2/STIR"
+        layout.remove((gone, None))
+    return layout
+
+
+def _sample_look(description: str, vendor_gain: float, rng: np.random.Generator, cfg: SynthConfig) -> dict:
+    """Appearance of one series: gain (the vendor's scale), noise, bias field, fat suppression, artefacts."""
+    contrast: dict[str, float] = {}
+    if description == "Sagittal T2/STIR":
+        contrast = {"fat": 0.15, "marrow": 0.30} if rng.random() < cfg.stir_rate else {"fat": 0.70, "marrow": 0.50}
+    elif description == "Axial T2" and rng.random() < cfg.axial_fat_sat_rate:
+        contrast = {"fat": 0.15, "marrow": 0.30}
+    look = {"gain": vendor_gain * float(rng.uniform(0.8, 1.25)), "noise": float(rng.uniform(*cfg.noise)),
+            "bias": rng.uniform(-cfg.bias_max, cfg.bias_max, 3), "contrast": contrast,
+            "phase_axis": 1 if description.startswith("Sagittal") else int(rng.integers(0, 2)),
+            "ghost": None, "wrap": False}
+    if rng.random() < cfg.ghosting_rate:
+        look["ghost"] = (float(rng.uniform(0.04, 0.12)), float(rng.uniform(0.15, 0.45)))
+    look["wrap"] = bool(rng.random() < cfg.wrap_rate)
+    return look
+
+
+def _sample_tags(rng: np.random.Generator, cfg: SynthConfig) -> tuple[set, bool, tuple[float, float] | None]:
+    drop = {tag for tag in OPTIONAL_TAGS if rng.random() < cfg.missing_tag_rate}
+    flip_location = bool(rng.random() < 0.2)  # SliceLocation with the wrong sign, as some scanners write it
+    rescale = None
+    if rng.random() < cfg.rescale_rate:  # mostly the identity (integers stay integers), rarely a float slope
+        rescale = (round(float(rng.uniform(0.5, 3.5)), 5), 0.0) if rng.random() < cfg.rescale_nonintegral_share \
+            else (1.0, 0.0)
+    return drop, flip_location, rescale
+
+
+def _label_series(spine: Spine, specs: list[SeriesSpec],
+                  rng: np.random.Generator) -> tuple[dict, set[tuple[str, str]]]:
+    """The series each (condition, level) is marked on, and the (condition, level) no series shows.
+
+    Sagittal conditions: one series of their type chosen per study (the other sagittal type if the study lacks
+    it). Subarticular: per level the first axial series, in a random order, that covers the recess."""
+    chosen: dict = {}
+    by_type = {d: [s for s in specs if s.description == d] for d in ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")}
+    pick = {}
+    for description, other in (("Sagittal T2/STIR", "Sagittal T1"), ("Sagittal T1", "Sagittal T2/STIR")):
+        candidates = by_type[description] or by_type[other]
+        pick[description] = candidates[int(rng.integers(len(candidates)))] if candidates else None
+    axials = [by_type["Axial T2"][i] for i in rng.permutation(len(by_type["Axial T2"]))]
+    uncovered = set()
+    for c in CONDITIONS:
+        for li, lv in enumerate(LEVELS):
+            if CONDITION_SERIES[c] != "Axial T2":
+                spec = pick[CONDITION_SERIES[c]]
+            else:
+                point = spine.label_point(c, li)
+                spec = next((s for s in axials if s.plan.covers(point)), None)
+            if spec is None:
+                uncovered.add((c, lv))
+            chosen[(c, lv)] = spec
+    return chosen, uncovered
+
+
 def _missing_labels(rng: np.random.Generator, rate: float) -> set[tuple[str, str]]:
+    """1-3 conditions of one level (mostly L5/S1) left unlabelled, in a share ``rate`` of studies."""
     if rng.random() >= rate:
         return set()
-    pairs = [(c, lv) for c in CONDITIONS for lv in LEVELS]
-    picks = rng.choice(len(pairs), size=int(rng.integers(1, 4)), replace=False)
-    return {pairs[i] for i in picks}
+    level = LEVELS[int(rng.choice(len(LEVELS), p=_MISSING_LEVEL_WEIGHTS))]
+    picks = rng.choice(len(CONDITIONS), size=int(rng.integers(1, 4)), replace=False)
+    return {(CONDITIONS[i], level) for i in picks}
 
 
-def _write_series(folder: Path, spine: Spine, plan: SeriesPlan, study_id: int, series_id: int, rng, cfg) -> None:
+def _write_series(folder: Path, spine: Spine, spec: SeriesSpec, study_id: int, rng) -> None:
     """Render and write every slice of a series as ``{InstanceNumber}.dcm``."""
-    look = {"gain": float(rng.uniform(600, 2500)), "noise": float(rng.uniform(0.015, 0.04)),
-            "bias": rng.uniform(-0.15, 0.15, 3)}
-    drop = {tag for tag in ("SliceThickness", "SliceLocation", "SpacingBetweenSlices", "SeriesDescription",
-                            "PatientPosition") if rng.random() < cfg.missing_tag_rate}
-    flip_location = rng.random() < 0.2  # SliceLocation with the wrong sign, as some scanners write it
+    plan, drop = spec.plan, spec.drop
     for stack, k, number in plan.slices():
         ipp = stack.image_position(k)
-        location = float(stack.centers[k] @ stack.normal) * (-1 if flip_location else 1)
+        location = float(stack.centers[k] @ stack.normal) * (-1 if spec.flip_location else 1)
         tags = SliceTags(
-            study_id=study_id, series_id=series_id, instance_number=number,
+            study_id=study_id, series_id=spec.series_id, instance_number=number,
             image_position=tuple(ipp), image_orientation=tuple(np.r_[stack.row_dir, stack.col_dir]),
             pixel_spacing=stack.pixel_spacing,
             slice_thickness=None if "SliceThickness" in drop else plan.slice_thickness,
@@ -148,33 +320,51 @@ def _write_series(folder: Path, spine: Spine, plan: SeriesPlan, study_id: int, s
             slice_location=None if "SliceLocation" in drop else location,
             series_description=None if "SeriesDescription" in drop else plan.description,
             patient_position=None if "PatientPosition" in drop else plan.patient_position,
+            rescale=spec.rescale, uid_seed=f"{study_id}/{spec.series_id}/{number}",
         )
-        pixels = render_slice(spine, stack, k, SERIES_SEQUENCE[plan.description], look, rng)
+        pixels = render_slice(spine, stack, k, plan.description, spec.look, rng)
         write_slice(folder / f"{number}.dcm", pixels, tags)
 
 
-def _label_coordinates(spine: Spine, plan: SeriesPlan, study_id: int, series_id: int, labels: dict) -> list[dict]:
-    """Rows of train_label_coordinates.csv for the conditions labelled on this series (DICOM pixel frame)."""
+def _label_coordinates(spine: Spine, label_series: dict, study_id: int, labels: dict, rng: np.random.Generator,
+                       cfg: SynthConfig) -> list[dict]:
+    """Rows of train_label_coordinates.csv (DICOM pixel frame): each labelled structure as a radiologist clicks
+    it, with click noise in the image plane and sometimes on the neighbouring slice."""
     rows = []
     for ci, condition in enumerate(CONDITIONS):
-        if CONDITION_SERIES[condition] != plan.description:
-            continue
         for li, level in enumerate(LEVELS):
-            if labels[label_column(condition, level)] is None:
+            spec = label_series[(condition, level)]
+            if labels[label_column(condition, level)] is None or spec is None:
                 continue  # unlabelled items have no coordinates either
-            number, x, y, _ = plan.locate(spine.label_point(condition, li))
-            rows.append({"study_id": study_id, "series_id": series_id, "instance_number": number,
+            point = spine.label_point(condition, li)
+            si, k, _, _, _ = spec.plan.nearest(point)
+            stack = spec.plan.stacks[si]
+            if rng.random() < cfg.click_slice_rate and len(stack.centers) > 1:
+                k = k + 1 if (rng.random() < 0.5 and k + 1 < len(stack.centers)) or k == 0 else k - 1
+            noisy = point + cfg.click_noise_mm * (rng.standard_normal() * stack.row_dir
+                                                  + rng.standard_normal() * stack.col_dir)
+            x, y, _ = stack.world_to_pixel(noisy, k)
+            x, y = float(np.clip(x, 0, stack.cols - 1)), float(np.clip(y, 0, stack.rows - 1))
+            rows.append({"study_id": study_id, "series_id": spec.series_id,
+                         "instance_number": spec.plan.instance_numbers[si][k],
                          "condition": CONDITION_NAMES[ci], "level": LEVEL_NAMES[li], "x": x, "y": y})
     return rows
 
 
-def _series_geometry(plan: SeriesPlan, description: str) -> dict:
-    steps = [float(np.median(np.linalg.norm(np.diff(s.centers, axis=0), axis=1))) if len(s.centers) > 1 else 0.0
-             for s in plan.stacks]
-    return {"description": description, "stacks": len(plan.stacks),
-            "slices": sum(len(s.centers) for s in plan.stacks), "step_mm": steps[0],
-            "rows": plan.stacks[0].rows, "cols": plan.stacks[0].cols,
-            "pixel_mm": plan.stacks[0].pixel_spacing[0]}
+def _sagittal_centre_offset(spine: Spine, plan: SeriesPlan) -> float:
+    """Head-ward distance (mm, along the image's vertical) of a sagittal image's centre from the L3/L4 disc."""
+    stack = plan.stacks[0]
+    centre = stack.centers[len(stack.centers) // 2]
+    return float((spine.disc_centre(2, nominal=True) - centre) @ stack.col_dir)
+
+
+def _series_geometry(spec: SeriesSpec) -> dict:
+    plan = spec.plan
+    return {"description": spec.description, "stacks": len(plan.stacks), "slices": plan.n_files,
+            "step_mm": plan.stacks[0].step, "rows": plan.stacks[0].rows, "cols": plan.stacks[0].cols,
+            "pixel_mm": plan.stacks[0].pixel_spacing[0], "fov_mm": plan.fov_mm, "coverage": plan.coverage,
+            "rescale": spec.rescale is not None, "stir": spec.look["contrast"].get("fat", 1.0) < 0.2,
+            "ghost": spec.look["ghost"] is not None, "wrap": spec.look["wrap"]}
 
 
 def _unique_ids(rng: np.random.Generator, n: int, per_row: int) -> np.ndarray:
@@ -225,15 +415,32 @@ def _write_tables(out: Path, results: list[StudyResult], cfg: SynthConfig) -> No
               "true_grade": SEVERITIES[int(label_model.true_grade(r.narrowing[c][li]))], "split": r.split}
              for r in results for c in CONDITIONS for li, lv in enumerate(LEVELS)]
     pd.DataFrame(truth).to_csv(out / "truth.csv", index=False)
+    pd.DataFrame([r.facts for r in results], columns=STUDY_COLUMNS).to_csv(out / "studies.csv", index=False)
+
+
+STUDY_COLUMNS = ["study_id", "split", "n_series", "series", "n_lumbar", "cobb_deg", "listhesis_level", "listhesis_mm",
+                 "vendor", "sagittal_placed", "sagittal_centre_mm", "axial_coverage", "missing_labels"]
 
 
 def _write_card(out: Path, results: list[StudyResult], cfg: SynthConfig, seconds: float) -> None:
     geometry = pd.DataFrame([g for r in results for g in r.geometry])
-    card = {"generator": "spine.synth", "config": asdict(cfg), "seconds": round(seconds, 2),
+    facts = pd.DataFrame([r.facts for r in results], columns=STUDY_COLUMNS)
+    card = {"generator": "spine.synth", "generator_version": GENERATOR_VERSION, "config": asdict(cfg),
+            "seconds": round(seconds, 2),
             "studies": {"train": sum(r.split == "train" for r in results),
                         "test": sum(r.split == "test" for r in results)},
+            "variations": {
+                "series_per_study": {str(k): int(v) for k, v in facts.n_series.value_counts().sort_index().items()},
+                "transitional": int((facts.n_lumbar != 5).sum()), "scoliosis": int((facts.cobb_deg > 0).sum()),
+                "listhesis": int((facts.listhesis_level != "").sum()),
+                "missing_labels": int((facts.missing_labels > 0).sum()),
+                "rescale_files": int(geometry.loc[geometry.rescale, "slices"].sum()),
+                "files": int(geometry.slices.sum())},
             "series": geometry.groupby("description").agg(
-                slices_min=("slices", "min"), slices_max=("slices", "max"), step_min=("step_mm", "min"),
-                step_max=("step_mm", "max"), multi_stack=("stacks", lambda s: int((s > 1).sum())),
-                rows_min=("rows", "min"), rows_max=("rows", "max")).round(2).reset_index().to_dict("records")}
+                count=("slices", "size"), slices_min=("slices", "min"), slices_max=("slices", "max"),
+                step_min=("step_mm", "min"), step_max=("step_mm", "max"),
+                multi_stack=("stacks", lambda s: int((s > 1).sum())), rows_min=("rows", "min"),
+                rows_max=("rows", "max"), fov_min=("fov_mm", "min"), fov_max=("fov_mm", "max"),
+                rescale=("rescale", "sum"), stir=("stir", "sum"), ghost=("ghost", "sum"), wrap=("wrap", "sum"),
+            ).round(2).reset_index().to_dict("records")}
     (out / "dataset.json").write_text(json.dumps(card, indent=2, default=float))
