@@ -135,3 +135,19 @@ def test_from_array_places_voxels_like_an_lps_grid():
     lo, hi = volume.bounds()
     np.testing.assert_allclose(lo, [10.0, -3.0, 7.0])
     np.testing.assert_allclose(hi, [16.0, 3.0, 22.0])
+
+
+def test_pooling_near_the_stack_end_does_not_depend_on_where_the_grid_lies():
+    """The trailing voxels that fill no whole pooling cell are treated the same by a small grid at the edge, a
+    large grid over much of the stack and the pooled copy where it covers them (80 columns / 3: two left over)."""
+    volume = SeriesVolume([_stack((15, 85, 80), [-25, -60, 60], [0, 1, 0], [0, 0, -1], (0.7, 0.7), 3.5)])
+    corner = volume.stacks[0].index_to_world(np.array([78.0, 40.0, 7.0]))  # among the last columns
+    small = SamplingGrid.centred(corner, (3, 3, 3), (3.5, 2.1, 2.1), np.column_stack([[1, 0, 0], [0, 1, 0], [0, 0, 1]]))
+    large = SamplingGrid(small.origin - small.matrix @ np.array([1.0, 20.0, 20.0]), small.direction, small.spacing,
+                         (5, 40, 40))
+    at_small, _ = volume.sample(small)
+    at_large, _ = volume.sample(large)
+    np.testing.assert_allclose(at_large[1:4, 20:23, 20:23], at_small, atol=1e-6)
+    pooled, covered = volume.pooled((3.5, 2.1, 2.1)).sample(small)  # spacing along world x, y, z
+    assert covered.any() and not covered.all()  # the copy keeps whole cells only: the last columns are gone
+    np.testing.assert_allclose(pooled[covered], at_small[covered], atol=1e-6)

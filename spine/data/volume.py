@@ -153,13 +153,15 @@ class SeriesVolume:
         return total, covered
 
     def pooled(self, spacing_mm) -> SeriesVolume:
-        """This series with every stack box-averaged to about ``spacing_mm`` (a number or (3,), mm; in-plane only
+        """This series with every stack box-averaged to about ``spacing_mm`` (a number or (3,) along world x, y, z,
+        mm, as `sample` pools for an axis-aligned grid of that spacing; in-plane only
         for irregular stacks): a smaller copy to sample coarse grids from many times (the landmark input).
         Keeps the intensity range of the original, so both normalise alike."""
-        target = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))
+        target = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))  # along world x, y, z
         stacks = []
         for stack in self.stacks:
-            factors = np.maximum(1, np.floor(target / np.asarray(stack.spacing) + 1e-6)).astype(int)
+            along = target[np.argmax(np.abs(stack.direction_lps), axis=0)]  # at the world axis nearest each stack axis
+            factors = np.maximum(1, np.floor(along / np.asarray(stack.spacing) + 1e-6)).astype(int)
             if not stack.is_regular:
                 factors[2] = 1
             stacks.append(_pooled_stack(stack, factors))
@@ -255,13 +257,16 @@ def _sample_stack(stack: DicomStack, grid: SamplingGrid, total: np.ndarray, coun
         low, high = extent if covered is None or stack.is_regular else (inside.min(axis=1), inside.max(axis=1))
         lo = np.clip(np.floor(low).astype(int), 0, size.astype(int) - 1)
         hi = np.clip(np.ceil(high).astype(int) + 1, lo + 1, size.astype(int))
-        lo = lo // factors * factors  # pooling cells start at multiples of the factor: the pooled stack is one
-        hi = np.minimum(-(-hi // factors) * factors, size.astype(int))  # fixed image, whatever the grid
-        block = np.asarray(stack.pixels[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], dtype=np.float32)
-        cell = np.minimum(factors, hi - lo)
-        block = _pool(block, cell[::-1])
-        inside -= (lo + (cell - 1) / 2)[:, None]
-        inside /= cell[:, None]  # (i, j, k) in the pooled block
+        # Pooling cells start at multiples of the factor and a trailing remainder is dropped, as in `pooled`:
+        # the pooled stack is one fixed image, whatever the grid or chunk.
+        # One whole cell beyond each end, so that every point has both pooled neighbours to interpolate between.
+        full = size.astype(int) // factors * factors
+        hi = np.minimum((-(-hi // factors) + 1) * factors, full)
+        lo = np.clip((lo // factors - 1) * factors, 0, hi - factors)
+        block = _pool(np.asarray(stack.pixels[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], dtype=np.float32),
+                      factors[::-1])
+        inside -= (lo + (factors - 1) / 2)[:, None]
+        inside /= factors[:, None]  # (i, j, k) in the pooled block
         if nearest_slice:
             inside[2] = np.round(inside[2])
         values = ndimage.map_coordinates(block, inside[::-1], order=1, mode="nearest", output=np.float32)

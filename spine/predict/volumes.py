@@ -131,9 +131,11 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
     Workers are forked like torch's DataLoader workers (they only read DICOM and select stacks, no torch). A
     worker that dies (out of memory) breaks the pool: a new pool builds the awaited study alone, and if that
     dies too, the study gets the priors. The main process never builds a volume that killed a worker.
+    With a cache the studies are loaded here: a cached series is memory-mapped and costs nothing to open,
+    while sending it back from a worker would pickle (read and copy) every stack.
     """
     args = (descriptions, options, cache_root)
-    if workers <= 0:
+    if workers <= 0 or cache_root:
         for study in studies:
             try:
                 result = (study, *_timed_load(study, series.get(study, {}), *args))

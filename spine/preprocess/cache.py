@@ -182,6 +182,12 @@ def irregular_reason(stack: DicomStack) -> str:
     return " and ".join(what)
 
 
+def range_key(percentiles) -> str:
+    """The record's key of a series' robust intensity range (``intensity_range``), e.g. ``'1,99'``: written
+    when the series is cached, so that no stage reads every stack again to compute it."""
+    return ",".join(f"{float(p):g}" for p in percentiles)
+
+
 def read_stack(root: Path, folder: Path, record: dict) -> DicomStack:
     """A cached stack, its pixels memory-mapped read-only ([k, j, i] view of the NIfTI's [i, j, k])."""
     image = nib.load(Path(folder) / record["file"], mmap="r")
@@ -327,6 +333,9 @@ class Cache:
         record = self.record(study_id, series_id)
         folder = record_path(self.root, study_id, series_id).parent
         stacks = [read_stack(self.root, folder, r) for r in record["stacks"]]
-        return SeriesVolume(stacks, tuple(float(p) for p in percentiles), int(series_id), row.description,
+        percentiles = tuple(float(p) for p in percentiles)
+        known = record.get("intensity_range", {}).get(range_key(percentiles), "unknown")
+        ranges = {} if known == "unknown" else {percentiles: None if known is None else tuple(known)}
+        return SeriesVolume(stacks, percentiles, int(series_id), row.description,
                             [n for n in str(row.reason).split("; ") if n], "cache",
-                            float(self.volume_options()["max_gap_factor"]))
+                            float(self.volume_options()["max_gap_factor"]), ranges)

@@ -124,7 +124,8 @@ def process_series(job: Job) -> dict:
         record.update(status="ok", reason=_join([*record.pop("_notes"), *volume.notes]), n_stacks=len(stacks),
                       shape="; ".join(format_triple(s.shape[::-1]) for s in volume.stacks),
                       spacing="; ".join(format_triple(s.spacing) for s in volume.stacks),
-                      dtype="; ".join(s["dtype"] for s in stacks), irregular="; ".join(irregular), stacks=stacks)
+                      dtype="; ".join(s["dtype"] for s in stacks), irregular="; ".join(irregular), stacks=stacks,
+                      intensity_range={layout.range_key(volume.percentiles): volume.intensity_range()})
         layout.write_text(json.dumps(record), record_file)
         record["timing"] = [read_done - started, select_done - read_done, time.perf_counter() - select_done]
     except (SeriesReadError, VolumeError) as exc:

@@ -357,7 +357,7 @@ class _Sources:
 
         self.cfg = cfg
         self.run = Path(cfg.run)
-        self.missing: dict[str, str] = {}
+        self._volumes: dict = {}
         try:
             self.tcfg = load_run_config(self.run)
         except (FileNotFoundError, ConfigError) as err:
@@ -418,7 +418,13 @@ class _Sources:
 
     # ---- per study
     def volume(self, study: int, description: str, percentiles=(1.0, 99.0)):
-        """(the study's first ok series of that type, '') or (None, why not)."""
+        """(the study's first ok series of that type, '') or (None, why not); each series loaded once."""
+        key = (int(study), description, tuple(float(p) for p in percentiles))
+        if key not in self._volumes:
+            self._volumes[key] = self._load_volume(study, description, percentiles)
+        return self._volumes[key]
+
+    def _load_volume(self, study: int, description: str, percentiles):
         if self.cache is None:
             return None, "no cache"
         ids = self.cache.series_of(study, description)
@@ -566,8 +572,9 @@ def _study_points(study: int, src: _Sources, predicted: pd.DataFrame | None) -> 
     from spine.data.grading import point_table
 
     empty = np.full((len(CONDITIONS), len(LEVELS), 3), np.nan)
-    pred = point_table(predicted, [study])[0] if predicted is not None else empty
-    true = point_table(src.cache.coordinates, [study])[0] if src.cache is not None else empty
+    pred = point_table(predicted[predicted.study_id == study], [study])[0] if predicted is not None else empty
+    coordinates = src.cache.coordinates if src.cache is not None else None
+    true = point_table(coordinates[coordinates.study_id == study], [study])[0] if coordinates is not None else empty
     return pred, true
 
 
