@@ -3,6 +3,7 @@
     python benchmarks/gpu.py --out gpu_out                     # every model at its GPU size (docs/gpu.md)
     python benchmarks/gpu.py --out DIR --tiny                  # tiny models and sizes: seconds (the test suite)
     python benchmarks/gpu.py --out DIR --skip compile,torchrun --budget-s 300
+    python benchmarks/gpu.py --out DIR --work /tmp/gpu_work    # data/, runs/, submission.csv there, not in DIR
 
 What it measures, in this order (later parts are skipped, and say so, once ``--budget-s`` is spent):
 1. models: every registered landmark and grading model (``--tiny``: the ``*_tiny`` ones) at its GPU size (the
@@ -20,6 +21,8 @@ What it measures, in this order (later parts are skipped, and say so, once ``--b
 5. projection: time per epoch and per 5-fold training on the real 1,975 studies, from 1.-2.
 On CPU the same code runs and reports CPU numbers; what needs CUDA (peak memory, the filling batch) is an entry
 ``skipped: no CUDA``, never a number.
+The reports are written after each part (``meta.complete`` false, ``meta.written_after`` the part) and at the
+end, so a crash or a compilation that outruns a hard time limit around the command leaves what was measured.
 """
 
 from __future__ import annotations
@@ -454,9 +457,12 @@ def _table(rows: list, columns: list[tuple[str, str]]) -> list[str]:
 
 def markdown(report: dict) -> str:
     meta = report["meta"]
+    partial = "" if meta.get("complete", True) else \
+        f" (written after the {meta.get('written_after')} part: the run did not finish)"
     lines = [f"# benchmarks/gpu.py on {meta['device_name']}", "",
              f"torch {meta['torch']}, CUDA {meta['cuda'] or '-'}, {meta['cores']} cores, "
-             f"{'tiny mode, ' if meta['tiny'] else ''}{meta['elapsed_s']:.0f} s of {meta['budget_s']:.0f} s budget.",
+             f"{'tiny mode, ' if meta['tiny'] else ''}{meta['elapsed_s']:.0f} s of {meta['budget_s']:.0f} s budget"
+             f"{partial}.",
              "", "## Training step (samples = studies; engine's train_one_epoch)", ""]
     lines += _table(report["models"], [("model", "model"), ("input", "input"), ("batch_kind", "batch for"),
                                        ("batch", "batch"), ("precision", "precision"), ("channels_last", "CL"),
@@ -487,7 +493,9 @@ def markdown(report: dict) -> str:
 # ---------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder for gpu.json, gpu.md, runs/, data/")
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu.json and gpu.md")
+    parser.add_argument("--work", type=Path, help="folder for data/, runs/ and submission.csv (default: --out); "
+                        "keeps --out to the two reports, e.g. on the lent device (docs/gpu.md)")
     parser.add_argument("--tiny", action="store_true", help="tiny models and sizes (seconds): the test suite")
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda[:N]")
     parser.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget; later parts are skipped")
@@ -496,15 +504,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, cudnn, compile)")
     parser.add_argument("--loader-batches", type=int, default=6)
-    parser.add_argument("--data", type=Path, help="realistic-preset dataset (default: made in --out/data)")
-    parser.add_argument("--cache", type=Path, help="its preprocessing cache (default: --out/data)")
-    parser.add_argument("--tiny-data", type=Path, help="tiny-preset dataset for torchrun (default: made in --out)")
+    parser.add_argument("--data", type=Path, help="realistic-preset dataset (default: made in --work/data)")
+    parser.add_argument("--cache", type=Path, help="its preprocessing cache (default: --work/data)")
+    parser.add_argument("--tiny-data", type=Path, help="tiny-preset dataset for torchrun (default: made in --work)")
     parser.add_argument("--tiny-cache", type=Path, help="its cache, with 2 folds")
     parser.add_argument("--runs", nargs=2, type=Path, metavar=("LANDMARKS", "GRADING"),
                         help="runs for spine-predict instead of the torchrun ones")
     parser.add_argument("--studies", type=int, nargs=2, default=(12, 8), metavar=("TRAIN", "TEST"),
                         help="realistic studies to generate (train for the loader, test for spine-predict)")
     args = parser.parse_args(argv)
+    args.work = args.work or args.out
     args.skip = {s for s in args.skip.split(",") if s}
     unknown = args.skip - set(SECTIONS)
     if unknown:
@@ -514,7 +523,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prepare_data(args) -> tuple[Path, Path, Path, Path]:
     """(realistic data, its cache, tiny data, its 2-fold cache); --tiny uses the tiny preset for both."""
-    work = args.out / "data"
+    work = args.work / "data"
     tiny_data = args.tiny_data or work / "tiny"
     tiny_cache = args.tiny_cache or work / "tiny_cache"
     ensure_data(tiny_data, tiny_cache, "tiny", preprocess=("n_folds=2", f"workers={min(cores(), 8)}"))
@@ -539,6 +548,19 @@ def device_info(device) -> dict:
     return info
 
 
+def write_report(out: Path, meta, models, loader, torchrun, pred, stage_models, device, budget: Budget,
+                 after: str) -> None:
+    """``gpu.json`` and ``gpu.md``, with what was measured up to the part ``after`` (``all``: the end)."""
+    meta.update(elapsed_s=budget.elapsed(), complete=after == "all", written_after=after)
+    report = {"meta": meta, "models": models, "loader": loader, "torchrun": torchrun, "predict": pred}
+    report["projection"] = projection(stage_models, models, loader, device)
+    report["targets"] = targets(models, loader, pred, stage_models, device)
+    (out / "gpu.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "gpu.md").write_text(markdown(report))
+    log.info("wrote %s and %s in %.0f s%s", out / "gpu.json", out / "gpu.md", meta["elapsed_s"],
+             "" if after == "all" else f" (after the {after} part; written again after the next)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[gpu] %(message)s")
@@ -552,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
     budget = Budget(args.budget_s)
     meta = {**device_info(device), "tiny": args.tiny, "budget_s": args.budget_s, "skip": sorted(args.skip)}
     if device.type != "cuda":
@@ -568,29 +591,34 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(args.models.split(","))
         specs = [s for s in specs if s.name in wanted or s.name in stage_models.values()]
     models: list = []
+    loader: list = []
+    torchrun: list = []
+    pred: dict = {"status": "not reached"}
+
+    def save(after: str) -> None:  # after each part: a crash or a hard timeout later leaves what was measured
+        write_report(args.out, meta, models, loader, torchrun, pred, stage_models, device, budget, after)
+
     if "models" not in args.skip:
         run_models(specs, tiny_cache, device, args, budget, "eager", models, total_gb)
+        save("models")
     loader_specs = {stage: (model, [o for o in runs_cfg[stage] if o.startswith(("stage", "experiment", "model"))],
                             next(s.batch for s in specs if s.name == model) if any(s.name == model for s in specs)
                             else 8) for stage, model in stage_models.items()}
-    loader = [] if "loader" in args.skip else run_loader(loader_specs, cache, cores(), budget, device,
-                                                         args.loader_batches)
-    torchrun, runs = run_torchrun(tiny_cache, args.out, args.tiny, budget, args.skip)
+    if "loader" not in args.skip:
+        loader = run_loader(loader_specs, cache, cores(), budget, device, args.loader_batches)
+        save("loader")
+    torchrun, runs = run_torchrun(tiny_cache, args.work, args.tiny, budget, args.skip)
+    save("torchrun")
     run_list = list(args.runs) if args.runs else [runs[s] for s in ("landmarks", "grading") if s in runs]
     pred = {"status": "skipped: --skip predict"} if "predict" in args.skip else \
-        run_predict(data, run_list, args.out, device, budget)
+        run_predict(data, run_list, args.work, device, budget)
+    save("predict")
     if "fill" not in args.skip and "models" not in args.skip:
         run_models(specs, tiny_cache, device, args, budget, "fill", models, total_gb)
+        save("fill")
     if "models" not in args.skip:
         run_models(specs, tiny_cache, device, args, budget, "compile", models, total_gb)
-
-    report = {"meta": meta, "models": models, "loader": loader, "torchrun": torchrun, "predict": pred}
-    report["projection"] = projection(stage_models, models, loader, device)
-    report["targets"] = targets(models, loader, pred, stage_models, device)
-    meta["elapsed_s"] = budget.elapsed()
-    (args.out / "gpu.json").write_text(json.dumps(report, indent=1, default=str))
-    (args.out / "gpu.md").write_text(markdown(report))
-    log.info("wrote %s and %s in %.0f s", args.out / "gpu.json", args.out / "gpu.md", meta["elapsed_s"])
+    save("all")
     return 0
 
 

@@ -25,10 +25,11 @@ def _bench():
 
 def _run(tmp_path, tiny_dataset, tiny_cache_dir, *extra) -> tuple[dict, str]:
     out = tmp_path / "gpu"
-    argv = ["--tiny", "--out", str(out), "--device", "cpu", "--steps", "2", "--warmup", "1", "--loader-batches", "2",
-            "--data", str(tiny_dataset), "--cache", str(tiny_cache_dir), "--tiny-data", str(tiny_dataset),
-            "--tiny-cache", str(tiny_cache_dir), *extra]
+    argv = ["--tiny", "--out", str(out), "--work", str(tmp_path / "work"), "--device", "cpu", "--steps", "2",
+            "--warmup", "1", "--loader-batches", "2", "--data", str(tiny_dataset), "--cache", str(tiny_cache_dir),
+            "--tiny-data", str(tiny_dataset), "--tiny-cache", str(tiny_cache_dir), *extra]
     assert _bench().main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["gpu.json", "gpu.md"]  # runs, submission: in --work
     return json.loads((out / "gpu.json").read_text()), (out / "gpu.md").read_text()
 
 
@@ -39,6 +40,8 @@ def test_tiny_mode_writes_every_part(tmp_path, tiny_dataset, tiny_cache_dir, tin
                          "--runs", str(landmarks), str(grading))
     assert set(report) == {"meta", "models", "loader", "torchrun", "predict", "projection", "targets"}
     assert report["meta"]["tiny"] and report["meta"]["cores"] >= 1 and report["meta"]["elapsed_s"] > 0
+    assert report["meta"]["complete"] and report["meta"]["written_after"] == "all"
+    assert (tmp_path / "work" / "submission.csv").is_file()  # spine-predict wrote into --work
     models = report["models"]
     measured = {m["model"] for m in models}
     assert {"landmark_25d_tiny", "grading_views_tiny"} <= measured  # the models torchrun would train
@@ -68,6 +71,15 @@ def test_tiny_mode_writes_every_part(tmp_path, tiny_dataset, tiny_cache_dir, tin
                     "## Targets"):
         assert heading in table
     assert "| landmark_25d_tiny |" in table and "skipped: no CUDA" in table
+
+
+def test_partial_report_says_so():
+    """The reports are written after each part: one left by a run that stopped early says where it stopped."""
+    meta = {"device_name": "x86_64", "torch": "2", "cuda": None, "cores": 1, "tiny": True, "elapsed_s": 1.0,
+            "budget_s": 2.0, "complete": False, "written_after": "torchrun"}
+    table = _bench().markdown({"meta": meta, "models": [], "loader": [], "torchrun": [],
+                               "predict": {"status": "not reached"}, "projection": [], "targets": []})
+    assert "(written after the torchrun part: the run did not finish)" in table
 
 
 def test_skip_names_are_checked(tmp_path):
