@@ -139,7 +139,8 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=None, help="default <data>_cache")
     parser.add_argument("--runs", type=Path, default=Path("bench_runs/quality"))
     parser.add_argument("--landmarks", type=Path, default=None, help="an existing landmark run (fold=all)")
-    parser.add_argument("--landmark-epochs", type=int, default=10)
+    parser.add_argument("--landmark-epochs", type=int, default=30,
+                        help="landmark epochs (generator v2 needs about 30, docs/training.md)")
     parser.add_argument("--fold", default="all", help="a fold number (quick mode) or all")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--score-only", action="store_true", help="score the existing runs, no training")

@@ -25,7 +25,7 @@ __all__ = ["STAGES", "CropConfig", "GradingAugmentConfig", "GradingStageConfig",
 class GridConfig:
     """The landmark grid: axes along world x (patient left), y (posterior), z (head), centred on the volume."""
 
-    size: list[int] = field(default_factory=lambda: [24, 80, 80])  # voxels along x, y, z
+    size: list[int] = field(default_factory=lambda: [24, 80, 96])  # voxels along x, y, z
     spacing_mm: list[float] = field(default_factory=lambda: [4.0, 4.0, 4.0])  # mm between voxels along x, y, z
 
     def __post_init__(self) -> None:

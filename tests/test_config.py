@@ -122,7 +122,7 @@ def test_experiment_rsna_composes_for_both_stages():
 
     lm = load_config(["stage=landmarks", "experiment=rsna"])
     assert (lm.experiment, lm.model.name, lm.amp, lm.channels_last) == ("rsna", "landmark_25d", "bf16", True)
-    assert lm.stage.grid.size == [32, 112, 112] and lm.model.args["min_stride"] == 2
+    assert lm.stage.grid.size == [32, 112, 128] and lm.model.args["min_stride"] == 2
     gr = load_config(["stage=grading", "experiment=rsna", "model.args.pretrained_file=/w/convnext_s.safetensors",
                       "epochs=12"])
     assert gr.model.name == "grading_views" and gr.model.args["backbone"] == "convnext_small"

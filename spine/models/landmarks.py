@@ -153,7 +153,7 @@ class LandmarkNet25D(nn.Module):
 
 
 @register_model
-def landmark_3d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 80),
+def landmark_3d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 96),
                 backbone: str = "resnet10t", decoder_channels: int = 64, min_stride: int = 4,
                 pretrained: bool = False, pretrained_file: str | None = None,
                 out_indices: Sequence[int] | None = None, backbone_kwargs: dict | None = None) -> LandmarkNet3D:
@@ -163,7 +163,7 @@ def landmark_3d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int
 
 
 @register_model
-def landmark_25d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 80),
+def landmark_25d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 96),
                  backbone: str = "resnet18", decoder_channels: int = 64, min_stride: int = 2,
                  pretrained: bool = False, pretrained_file: str | None = None,
                  out_indices: Sequence[int] | None = None, backbone_kwargs: dict | None = None) -> LandmarkNet25D:
@@ -173,7 +173,7 @@ def landmark_25d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[in
 
 
 @register_model
-def landmark_3d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 80),
+def landmark_3d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 96),
                      decoder_channels: int = 16) -> LandmarkNet3D:
     """A few thousand parameters: timm-3d ConvNeXt with narrow stages, for tests and smoke runs."""
     return LandmarkNet3D("convnext_atto", in_chans, num_points, decoder_channels, dims=(8, 16, 32, 64),
@@ -181,7 +181,7 @@ def landmark_3d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequenc
 
 
 @register_model
-def landmark_25d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 80),
+def landmark_25d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 96),
                       decoder_channels: int = 16) -> LandmarkNet25D:
     """A small 2.5D net: timm ResNet-10-T with narrow stages, for tests and smoke runs."""
     return LandmarkNet25D("resnet10t", in_chans, num_points, int(grid_size[0]), decoder_channels,
