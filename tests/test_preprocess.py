@@ -5,6 +5,7 @@ re-runs, and a killed run that resumes."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -307,3 +308,29 @@ def test_cache_open_never_guesses_and_refuses_an_old_version(tmp_path):
     with pytest.raises(CacheError, match=r"holds 3 caches .*stacks-v\d+-bbbb.*pass one of them"):
         Cache.open(tmp_path)
     assert Cache.open(new).root == new
+
+
+def test_load_volume_reads_each_record_once_and_a_pickled_cache_still_loads(tiny_cache: Cache, monkeypatch) -> None:
+    """The parsed record is kept per Cache (only what load_volume reads); each load still gets its own slice
+    positions; a pickled Cache (DataLoader workers) carries no parsed records and reads its own."""
+    study, series = (int(v) for v in tiny_cache.series.loc[tiny_cache.series.status == "ok",
+                                                            ["study_id", "series_id"]].iloc[0])
+    cache = Cache(tiny_cache.root)
+    reads = []
+    record = Cache.record
+    monkeypatch.setattr(Cache, "record", lambda self, *key: reads.append(key) or record(self, *key))
+    first = cache.load_volume(study, series)
+    again = cache.load_volume(study, series, (2.0, 98.0))
+    assert reads == [(study, series)]
+    for one, other, stored in zip(first.stacks, again.stacks, record(cache, study, series)["stacks"]):
+        np.testing.assert_array_equal(one.image_positions_lps, stored["ipp"])
+        np.testing.assert_array_equal(one.image_positions_lps, other.image_positions_lps)
+        assert one.image_positions_lps is not other.image_positions_lps and one.image_positions_lps.flags.writeable
+    clone = pickle.loads(pickle.dumps(cache))
+    assert list(cache._volume_records) == [(study, series)] and clone._volume_records == {}
+    volume = clone.load_volume(study, series)
+    assert reads == [(study, series)] * 2
+    for one, other in zip(volume.stacks, first.stacks):
+        np.testing.assert_array_equal(np.asarray(one.pixels), np.asarray(other.pixels))
+        np.testing.assert_array_equal(one.image_positions_lps, other.image_positions_lps)
+    assert volume.intensity_range() == first.intensity_range()

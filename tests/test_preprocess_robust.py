@@ -4,6 +4,7 @@ overwrite; a worker that dies; exit codes of the command line."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import subprocess
@@ -18,10 +19,11 @@ import pytest
 from spine.config import compose
 from spine.constants import LABEL_COLUMNS
 from spine.preprocess import Cache
-from spine.preprocess import run as run_module
+from spine.preprocess import pool
 from spine.preprocess.__main__ import main
 from spine.preprocess.cache import record_path, remove_partials, stack_path
 from spine.preprocess.config import PreprocessConfig
+from spine.preprocess.job import process_series
 from spine.preprocess.run import run
 from spine.synth.dicom_writer import SliceTags, write_slice
 
@@ -123,8 +125,9 @@ def volume_bytes(cache: Cache) -> dict[str, bytes]:
             if p.is_file()}
 
 
-def test_broken_series_are_recorded_and_the_rest_goes_on(dataset: Path, tmp_path: Path, capfd) -> None:
-    summary = run(config(dataset, tmp_path / "cache"))
+def test_broken_series_are_recorded_and_the_rest_goes_on(dataset: Path, tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="spine.preprocess"):
+        summary = run(config(dataset, tmp_path / "cache"))
     n_ok = sum(v[2] == "ok" for v in SERIES.values())
     assert (summary.n_built, summary.n_errors, summary.exit_code) == (n_ok, len(SERIES) - n_ok, 0)
     cache = Cache.open(tmp_path / "cache")
@@ -146,7 +149,7 @@ def test_broken_series_are_recorded_and_the_rest_goes_on(dataset: Path, tmp_path
     assert coords.loc[15, ["world_x", "world_y", "world_z"]].notna().all() and np.isnan(coords.loc[15, "voxel_i"])
     assert coords[["stack", "voxel_i"]].isna().sum().tolist() == [3, 3]  # 12, 13, 15
     assert sorted(cache.folds.study_id) == [1, 2, 3]
-    err = capfd.readouterr().err
+    err = caplog.text  # the summary: logged
     assert f"{n_ok} ok" in err and f"{len(SERIES) - n_ok} error(s)" in err and "studies/s" in err
     for series_id, (study, _, status, words) in SERIES.items():
         if status == "error":
@@ -229,15 +232,12 @@ def test_resume_redoes_partial_series_and_skips_complete_ones(dataset: Path, tmp
 def _dies_on_series_21(job):
     if job.series_id == 21:
         os._exit(3)  # as a segfault or the out-of-memory killer would end the worker
-    return _process_series(job)
-
-
-_process_series = run_module.process_series
+    return process_series(job)
 
 
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the patched job needs fork workers")
 def test_a_dying_worker_costs_only_its_series(dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(run_module, "process_series", _dies_on_series_21)
+    monkeypatch.setattr(pool, "process_series", _dies_on_series_21)  # what the pool's workers run
     summary = run(config(dataset, tmp_path / "cache", "workers=2"))
     table = Cache.open(tmp_path / "cache").series.set_index("series_id")
     assert table.loc[21, "status"] == "error" and "worker process died" in table.loc[21, "reason"]

@@ -18,6 +18,8 @@ from scipy import ndimage
 
 from spine.data.grid import SamplingGrid
 from spine.io.dicom import read_series
+from spine.preprocess.cache import stack_record
+from spine.preprocess.coordinates import _stack_voxel
 from spine.preprocess.volume import VolumeError, instance_geometry, make_volume, pixel_to_world, volume_from_dicom
 from spine.synth.dicom_writer import SliceTags, write_slice
 
@@ -276,6 +278,28 @@ def test_smaller_stack_interleaved_with_a_larger_one_is_merged_into_it(tmp_path:
     for folder in ("blocks", "angled"):
         volume, *_ = check_linear_field(tmp_path / folder, 2)
         assert len(volume.stacks) == 2 and not volume.notes, (folder, volume.notes)
+
+
+def test_a_label_point_on_a_merged_slice_is_projected_into_it(tmp_path: Path) -> None:
+    """coordinates.csv's voxel of an instance merged onto a larger stack's pixel grid: its pixel projected into
+    that slice (k = the slice, i and j where `DicomStack.world_to_index` puts the point); a point more than half
+    a slice step off the slice has none."""
+    write_stack(tmp_path / "mixed", SAGITTAL, (0.0, 0.0, 0.0), 6.0 * np.arange(7), shape=(ROWS, COLS),
+                pixel_spacing=PIXEL_SPACING)
+    write_stack(tmp_path / "mixed", SAGITTAL, (0.0, -3.0, 2.0), 3.0 + 6.0 * np.arange(6), shape=(8, 9),
+                pixel_spacing=(2.0 * PIXEL_SPACING[0], 2.0 * PIXEL_SPACING[1]), first_instance=30)
+    series = read_series(tmp_path / "mixed")
+    (stack,) = make_volume(series).stacks
+    record = stack_record(stack, "0.nii")
+    k = stack.instance_numbers.index(31)
+    geometry = instance_geometry(series)[31]  # the small slice's own pixel grid, not the merged one's
+    world = geometry.pixel_to_world(4.0, 3.0)
+    voxel = _stack_voxel(record, k, geometry, 4.0, 3.0, world)
+    assert voxel[2] == k
+    np.testing.assert_allclose(voxel, stack.world_to_index(world), atol=1e-6)
+    np.testing.assert_allclose(stack.index_to_world(voxel), world, atol=1e-6)
+    off = world + 2.0 * stack.direction_lps[:, 2]  # 2 mm off the slice, the step is 3 mm
+    assert _stack_voxel(record, k, geometry, 4.0, 3.0, off) is None
 
 
 def test_volume_from_dicom_is_make_volume_of_the_folder(tmp_path: Path) -> None:

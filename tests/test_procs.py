@@ -15,7 +15,7 @@ import pytest
 
 from spine.progress import LineProgress, progress
 
-# A main process that starts a pool with a command's worker initializer, prints the worker pids and waits.
+# A main process that starts a pool as a command does, prints the worker pids and waits.
 POOL_SCRIPT = """
 import importlib, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +29,10 @@ def work(_):
     time.sleep(0.2)
     return os.getpid()
 
-pool = ProcessPoolExecutor(2, initializer=module._init_worker, initargs=(os.getpid(), 1))
+if hasattr(module, "_pool"):  # spine.preprocess.pool: the pool it runs its jobs in
+    pool = module._pool(2)
+else:  # the module's worker initializer, with 1 thread
+    pool = ProcessPoolExecutor(2, initializer=module._init_worker, initargs=(os.getpid(), 1))
 list(pool.map(work, range(4)))
 print(" ".join(str(pid) for pid in pool._processes), flush=True)
 time.sleep(600)
@@ -53,9 +56,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("module, how, sig", [
-    ("spine.preprocess.run", "prctl", signal.SIGKILL),
+    ("spine.preprocess.pool", "prctl", signal.SIGKILL),
     ("spine.predict.volumes", "prctl", signal.SIGTERM),
-    ("spine.preprocess.run", "fallback", signal.SIGKILL),
+    ("spine.preprocess.pool", "fallback", signal.SIGKILL),
 ])
 def test_workers_end_when_their_parent_is_killed(module, how, sig, tmp_path):
     script = tmp_path / "pool.py"

@@ -252,19 +252,20 @@ def test_a_views_run_shows_the_views(tiny_runs, tmp_path):
 
 
 def test_a_failing_figure_is_a_note_of_its_study():
-    from spine.report import gather as module
+    from spine.report.contents import StudyPage
+    from spine.report.studies import guarded
 
-    page = module.StudyPage(study_id=1, fold=0, loss=1.0)
+    page = StudyPage(study_id=1, fold=0, loss=1.0)
 
     def broken(page, *args):
         raise RuntimeError("boom")
 
-    module._guarded(broken, page)
+    guarded(broken, page)
     assert page.notes == ["broken failed: RuntimeError: boom"]
 
 
 def test_oracle_and_gap_edge_cases(tmp_path):
-    from spine.report.gather import _gap, oracle_predictions
+    from spine.report.scores import _gap, oracle_predictions
 
     assert oracle_predictions(["1_spinal_canal_stenosis_l1_l2"], None)[0] is None
     frame, why = oracle_predictions(["1_spinal_canal_stenosis_l1_l2"], tmp_path)

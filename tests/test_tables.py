@@ -219,7 +219,7 @@ def test_preprocess_skips_bad_rows_maps_descriptions_and_lists_unresolved_points
     planted.loc[3, "x"] = "abc"
     pd.concat([points.astype(str), planted]).to_csv(data / "train_label_coordinates.csv", index=False)
 
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO, logger="spine"):
         summary = run(preprocess_config(data, tmp_path / "cache"))
     assert (summary.exit_code, summary.n_ok, summary.n_errors) == (0, 3, 0), summary
     assert (summary.n_coordinates, summary.n_coordinates_unresolved) == (len(points) + 4, 4)
@@ -243,7 +243,7 @@ def test_preprocess_skips_bad_rows_maps_descriptions_and_lists_unresolved_points
     for expected in ("study_id '../../x' is not an integer", "series_id 'abc' is not an integer",
                      "'Sagittal T2' read as 'Sagittal T2/STIR'", "kept once", "coordinates_unresolved.csv"):
         assert expected in logged, logged
-    err = capfd.readouterr().err
+    err = caplog.text + capfd.readouterr().err  # the summary is logged
     assert "4 unresolved (listed in coordinates_unresolved.csv)" in err and "Traceback" not in err, err
 
 

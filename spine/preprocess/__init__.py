@@ -5,7 +5,9 @@
   by the cache and inference. Nothing is resampled here: `spine.data.volume.SeriesVolume.sample` draws every
   network input from the stacks.
 - `spine.preprocess.cache`: `Cache`, the reader of a cache folder every later stage uses.
-- `spine.preprocess.run`: the run behind ``python -m spine.preprocess`` (process pool, resume, summary).
+- `spine.preprocess.run`: the run behind ``python -m spine.preprocess`` (jobs, resume, tables, summary), with
+  `spine.preprocess.job` (one series -> its stack files and record), `spine.preprocess.pool` (the process pool)
+  and `spine.preprocess.coordinates` (the label points in every frame).
 See docs/preprocess.md. Names are imported on first use, so that the command line starts fast.
 """
 

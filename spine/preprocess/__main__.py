@@ -12,21 +12,24 @@ train_label_coordinates.csv cannot be used (one line says why), 2 for a bad conf
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from spine.config import compose_or_exit
+from spine.io.tables import TableError
 from spine.preprocess.config import PreprocessConfig
+
+log = logging.getLogger("spine.preprocess")
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = compose_or_exit("preprocess", sys.argv[1:] if argv is None else argv, PreprocessConfig, __doc__)
-    from spine.io.tables import TableError
-    from spine.preprocess.run import run
+    from spine.preprocess.run import run  # after the config: a typo or --help answers without the DICOM stack
 
     try:
         return run(cfg).exit_code
     except TableError as err:
-        print(f"[preprocess] error: {err}", file=sys.stderr)
+        log.error("%s", err)  # [preprocess] error: ... (spine.logs, set up by compose_or_exit)
         return 1
 
 

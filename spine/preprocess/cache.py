@@ -36,6 +36,7 @@ import nibabel as nib
 from spine.constants import series_type
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import DicomStack
+from spine.preprocess.config import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 
 __all__ = ["CACHE_VERSION", "Cache", "CacheError", "cache_id", "cache_params", "format_triple", "parse_triple",
            "read_stack", "stack_record", "volume_options", "write_stack"]
@@ -71,8 +72,6 @@ def cache_id(params: dict) -> str:
 
 def volume_options(params: dict) -> dict:
     """`spine.preprocess.volume.make_volume` keyword arguments from a cache's params (cache.json ``params``)."""
-    from spine.preprocess.config import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
-
     return {"min_slices": int(params.get("min_slices", DEFAULT_MIN_SLICES)),
             "max_gap_factor": float(params.get("max_gap_factor", DEFAULT_MAX_GAP_FACTOR))}
 
@@ -188,14 +187,18 @@ def range_key(percentiles) -> str:
     return ",".join(f"{float(p):g}" for p in percentiles)
 
 
+_READ_STACK_KEYS = ("file", "shape_ijk", "ipp", "r", "c", "pixel_spacing", "instance_numbers", "slice_thickness")
+
+
 def read_stack(root: Path, folder: Path, record: dict) -> DicomStack:
-    """A cached stack, its pixels memory-mapped read-only ([k, j, i] view of the NIfTI's [i, j, k])."""
+    """A cached stack, its pixels memory-mapped read-only ([k, j, i] view of the NIfTI's [i, j, k]); its slice
+    positions are its own copy of the record's. Reads ``_READ_STACK_KEYS`` of the stack's ``record``."""
     image = nib.load(Path(folder) / record["file"], mmap="r")
     pixels = np.asanyarray(image.dataobj).T
     if list(pixels.shape[::-1]) != list(record["shape_ijk"]):
         raise CacheError(f"{Path(folder) / record['file']} holds {pixels.shape[::-1]} voxels, its record "
                          f"{record['shape_ijk']}: rebuild the series with python -m spine.preprocess overwrite=true")
-    return DicomStack.from_slices(pixels, np.asarray(record["ipp"], dtype=np.float64), record["r"], record["c"],
+    return DicomStack.from_slices(pixels, np.array(record["ipp"], dtype=np.float64), record["r"], record["c"],
                                   record["pixel_spacing"], record["instance_numbers"], record.get("slice_thickness"))
 
 
@@ -239,6 +242,10 @@ class Cache:
         series: series.csv as a DataFrame (column ``description`` is the series description).
         coordinates: coordinates.csv (empty if the train split was not processed).
         folds: folds.csv, study_id and fold.
+
+    The tables are read once, on first use; so is what `load_volume` needs of each series' record (its stacks'
+    geometry and intensity ranges, a few KB a series). A pickled Cache (e.g. sent to DataLoader workers) leaves
+    the parsed records behind: each process reads its own.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -248,6 +255,7 @@ class Cache:
         self.cache_id = self.root.name
         info = self.root / "cache.json"
         self.info: dict = json.loads(info.read_text()) if info.is_file() else {}
+        self._volume_records: dict[tuple[int, int], dict] = {}  # (study, series) -> `_volume_record`
 
     @classmethod
     def open(cls, cache_dir: str | Path) -> Cache:
@@ -276,6 +284,11 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_volume_records"] = {}  # small pickles: each process parses the records it loads
+        return state
 
     # ---- tables
     @cached_property
@@ -330,12 +343,29 @@ class Cache:
         row = self.row(study_id, series_id)
         if row.status != "ok":
             raise KeyError(f"series {study_id}/{series_id} has no stacks: {row.reason}")
-        record = self.record(study_id, series_id)
+        record = self._volume_record(study_id, series_id)
         folder = record_path(self.root, study_id, series_id).parent
         stacks = [read_stack(self.root, folder, r) for r in record["stacks"]]
         percentiles = tuple(float(p) for p in percentiles)
-        known = record.get("intensity_range", {}).get(range_key(percentiles), "unknown")
+        known = record["intensity_range"].get(range_key(percentiles), "unknown")
         ranges = {} if known == "unknown" else {percentiles: None if known is None else tuple(known)}
         return SeriesVolume(stacks, percentiles, int(series_id), row.description,
                             [n for n in str(row.reason).split("; ") if n], "cache",
                             float(self.volume_options()["max_gap_factor"]), ranges)
+
+    def _volume_record(self, study_id: int, series_id: int) -> dict:
+        """What `load_volume` reads of the series' record, read from its file once per Cache: ``stacks`` (the
+        fields `read_stack` reads; every slice's IPP, LPS mm, as one read-only float64 array) and
+        ``intensity_range``."""
+        key = (int(study_id), int(series_id))
+        kept = self._volume_records.get(key)
+        if kept is None:
+            record = self.record(*key)
+            stacks = []
+            for stack in record["stacks"]:
+                ipp = np.asarray(stack["ipp"], dtype=np.float64)
+                ipp.setflags(write=False)  # shared by every load: `read_stack` copies it
+                stacks.append({**{k: stack.get(k) for k in _READ_STACK_KEYS}, "ipp": ipp})
+            kept = {"stacks": stacks, "intensity_range": record.get("intensity_range", {})}
+            self._volume_records[key] = kept
+        return kept

@@ -18,7 +18,6 @@ class PreprocessConfig:
     cache_dir: str = "cache"  # the cache is written to cache_dir/<cache id>/
     split: str = "train"  # train | test | all
     workers: int = 0  # processes; 0 = one per CPU core; 1 = in this process
-    threads: int = 0  # SimpleITK threads per worker; 0 = cores / workers
     overwrite: bool = False  # rebuild series that are already complete
     progress: bool = True  # progress bar on a terminal; in a log file, a line every ~10%
     min_slices: int = DEFAULT_MIN_SLICES  # stacks with fewer slices are left out
@@ -29,8 +28,8 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.workers < 0 or self.threads < 0 or self.min_slices < 1 or self.n_folds < 2:
-            raise ValueError("workers and threads must be >= 0, min_slices >= 1, n_folds >= 2")
+        if self.workers < 0 or self.min_slices < 1 or self.n_folds < 2:
+            raise ValueError("workers must be >= 0, min_slices >= 1, n_folds >= 2")
         if self.max_gap_factor < 1:
             raise ValueError(f"max_gap_factor must be >= 1, got {self.max_gap_factor}")
 

@@ -1,2 +1,3 @@
 """``spine-report``: one self-contained HTML page on a training run (:mod:`spine.report.gather` gathers the numbers
-and figures, :mod:`spine.report.render` writes the page)."""
+and figures, with :mod:`.sources`, :mod:`.scores`, :mod:`.landmark_errors` and :mod:`.studies`, into a
+:class:`spine.report.contents.Report`; :mod:`spine.report.render` writes the page)."""

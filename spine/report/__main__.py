@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = compose_or_code("report", args, ReportConfig, __doc__, prog="spine-report")
     if isinstance(cfg, int):
         return cfg
-    from spine.report.gather import ReportError, gather
+    from spine.report.gather import ReportError, gather  # after the config: --help and typos answer without torch
     from spine.report.render import render
 
     try:
         report = gather(cfg)
     except ReportError as err:
-        print(f"[report] error: {err}", file=sys.stderr)
+        log.error("%s", err)  # [report] error: ... (spine.logs, set up by compose_or_code)
         return 1
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(path)
     for section, why in report.missing.items():
         log.info("%s: %s", section, why)
-    print(path.resolve())
+    print(path.resolve())  # the command's answer, on stdout
     return 0
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import CONDITIONS, GROUPS, LEVEL_NAMES, LEVELS
+from spine.data.grid import SamplingGrid
 
 SHORT = {"spinal_canal_stenosis": "SCS", "left_neural_foraminal_narrowing": "LNF",
          "right_neural_foraminal_narrowing": "RNF", "left_subarticular_stenosis": "LSS",
@@ -30,6 +31,7 @@ GROUP_COLOURS = {"spinal": "tab:red", "foraminal": "tab:blue", "subarticular": "
 
 
 def pyplot():
+    """matplotlib.pyplot on the Agg backend (chosen before pyplot is first imported; only figures load it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,8 +160,6 @@ def crops_figure(crops: np.ndarray, series: list[str], title: str = "", dpi: int
 def sagittal_grid(centre, rows_mm: float = 200.0, cols_mm: float = 160.0, pixel_mm: float = 1.0):
     """A one-slice world-aligned sagittal :class:`~spine.data.grid.SamplingGrid` through ``centre`` (LPS mm):
     array ``(1, rows, cols)``, rows towards the feet (head at the top), columns posterior (anterior left)."""
-    from spine.data.grid import SamplingGrid
-
     direction = np.stack([np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, -1.0]), np.array([0.0, 1.0, 0.0])], axis=1)
     size = (1, int(round(rows_mm / pixel_mm)), int(round(cols_mm / pixel_mm)))
     return SamplingGrid.centred(np.asarray(centre, dtype=np.float64), size, (1.0, pixel_mm, pixel_mm), direction)

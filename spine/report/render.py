@@ -19,7 +19,7 @@ import pandas as pd
 
 from spine.constants import CONDITIONS, LEVEL_NAMES, LEVELS, PROB_COLUMNS
 from spine.report.figures import GRADE_SHORT, SHORT
-from spine.report.gather import LANDMARK_KEYS, Report, StudyPage
+from spine.report.contents import LANDMARK_KEYS, Report, StudyPage
 
 __all__ = ["GRADING_SECTIONS", "LANDMARK_SECTIONS", "render"]
 
