@@ -18,8 +18,6 @@ from spine.progress import LineProgress, progress
 # A main process that starts a pool as a command does, prints the worker pids and waits.
 POOL_SCRIPT = """
 import importlib, os, sys, time
-from concurrent.futures import ProcessPoolExecutor
-
 module = importlib.import_module(sys.argv[1])
 if sys.argv[2] == "fallback":  # no prctl: only the thread that polls os.getppid()
     import spine.procs
@@ -29,10 +27,7 @@ def work(_):
     time.sleep(0.2)
     return os.getpid()
 
-if hasattr(module, "_pool"):  # spine.preprocess.pool: the pool it runs its jobs in
-    pool = module._pool(2)
-else:  # the module's worker initializer, with 1 thread
-    pool = ProcessPoolExecutor(2, initializer=module._init_worker, initargs=(os.getpid(), 1))
+pool = module._pool(2)  # the pool the module runs its workers in
 list(pool.map(work, range(4)))
 print(" ".join(str(pid) for pid in pool._processes), flush=True)
 time.sleep(600)

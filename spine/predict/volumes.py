@@ -18,7 +18,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import SimpleITK as sitk
 
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import read_series
@@ -143,14 +142,7 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
                 result = (study, {}, [_failed(exc)], 0.0)
             yield result
         return
-    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-
-    def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(os.getpid(), threads))
-
-    state: dict = {"pool": new_pool(), "pending": {}}
+    state: dict = {"pool": _pool(workers), "pending": {}}
     try:
         for i, study in enumerate(studies):
             result = None
@@ -164,7 +156,7 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
                     break
                 except BrokenProcessPool:  # a worker died, on this study or one built ahead: retry it alone
                     state["pool"].shutdown(wait=False, cancel_futures=True)
-                    state["pool"], state["pending"] = new_pool(), {}
+                    state["pool"], state["pending"] = _pool(workers), {}
                 except Exception as exc:  # noqa: BLE001
                     result = (study, {}, [_failed(exc)], 0.0)
                     break
@@ -176,15 +168,14 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
         state["pool"].shutdown(wait=False, cancel_futures=True)
 
 
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes (fork where available) that end with this process, also when it is killed."""
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
 def _failed(exc: Exception) -> Issue:
     return Issue("volumes failed", f"{type(exc).__name__}: {first_lines(exc)}", "fatal")
-
-
-def _init_worker(parent: int, threads: int) -> None:
-    """Initializer of a pool worker: it ends with the main process ``parent`` (even a SIGKILLed one), ``threads``
-    ITK threads (the DICOM reader's SimpleITK)."""
-    exit_with_parent(parent)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def _timed_load(study, series, descriptions, options, cache_root) -> tuple[dict, list[Issue], float]:
