@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from spine.models.registry import register_model
+from spine.run_config import GridConfig
 
 # timm families whose first feature map is at stride 4 (no stride-2 stem feature).
 _STRIDE4_STEMS = ("convnext", "test_convnext", "maxvit", "test_maxvit", "coatnet", "test_coatnet", "mambaout",
                   "test_mambaout", "edgenext", "focalnet", "poolformer", "convformer", "caformer", "swin", "hiera")
 STRIDES = (2, 4, 8, 16)  # feature strides the decoder may use; the finest one chosen is the heatmap's
+GRID_SIZE = tuple(GridConfig().size)  # the landmark stage's default grid (voxels along x, y, z): one definition
 
 
 def create_backbone(backbone: str, spatial_dims: int, in_chans: int, out_indices: Sequence[int] | None = None,
@@ -153,7 +155,7 @@ class LandmarkNet25D(nn.Module):
 
 
 @register_model
-def landmark_3d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 96),
+def landmark_3d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = GRID_SIZE,
                 backbone: str = "resnet10t", decoder_channels: int = 64, min_stride: int = 4,
                 pretrained: bool = False, pretrained_file: str | None = None,
                 out_indices: Sequence[int] | None = None, backbone_kwargs: dict | None = None) -> LandmarkNet3D:
@@ -163,7 +165,7 @@ def landmark_3d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int
 
 
 @register_model
-def landmark_25d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 96),
+def landmark_25d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = GRID_SIZE,
                  backbone: str = "resnet18", decoder_channels: int = 64, min_stride: int = 2,
                  pretrained: bool = False, pretrained_file: str | None = None,
                  out_indices: Sequence[int] | None = None, backbone_kwargs: dict | None = None) -> LandmarkNet25D:
@@ -173,7 +175,7 @@ def landmark_25d(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[in
 
 
 @register_model
-def landmark_3d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 96),
+def landmark_3d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = GRID_SIZE,
                      decoder_channels: int = 16) -> LandmarkNet3D:
     """A few thousand parameters: timm-3d ConvNeXt with narrow stages, for tests and smoke runs."""
     return LandmarkNet3D("convnext_atto", in_chans, num_points, decoder_channels, dims=(8, 16, 32, 64),
@@ -181,7 +183,7 @@ def landmark_3d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequenc
 
 
 @register_model
-def landmark_25d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = (24, 80, 96),
+def landmark_25d_tiny(in_chans: int = 2, num_points: int = 25, grid_size: Sequence[int] = GRID_SIZE,
                       decoder_channels: int = 16) -> LandmarkNet25D:
     """A small 2.5D net: timm ResNet-10-T with narrow stages, for tests and smoke runs."""
     return LandmarkNet25D("resnet10t", in_chans, num_points, int(grid_size[0]), decoder_channels,
