@@ -19,16 +19,25 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 1.0
 
 log = logging.getLogger(__name__)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool (fork where available) whose workers end with this process, even a SIGKILLed one: the one
+    pool of preprocessing, inference and the generator."""
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),))
 
 
 def exit_with_parent(parent: int, poll_s: float = POLL_S) -> None:

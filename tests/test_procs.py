@@ -27,7 +27,7 @@ def work(_):
     time.sleep(0.2)
     return os.getpid()
 
-pool = module._pool(2)  # the pool the module runs its workers in
+pool = module.worker_pool(2)  # the pool the module runs its workers in
 list(pool.map(work, range(4)))
 print(" ".join(str(pid) for pid in pool._processes), flush=True)
 time.sleep(600)

@@ -10,11 +10,8 @@ processes. Nothing a study holds raises: what went wrong becomes an `Issue`.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from spine.io.dicom import read_series
 from spine.predict.study import Issue, first_lines
 from spine.preprocess.cache import Cache, volume_options
 from spine.preprocess.volume import make_volume
-from spine.procs import exit_with_parent
+from spine.procs import worker_pool
 
 __all__ = ["iterate_volumes", "load_volumes", "open_cache"]
 
@@ -142,7 +139,7 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
                 result = (study, {}, [_failed(exc)], 0.0)
             yield result
         return
-    state: dict = {"pool": _pool(workers), "pending": {}}
+    state: dict = {"pool": worker_pool(workers), "pending": {}}
     try:
         for i, study in enumerate(studies):
             result = None
@@ -156,7 +153,7 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
                     break
                 except BrokenProcessPool:  # a worker died, on this study or one built ahead: retry it alone
                     state["pool"].shutdown(wait=False, cancel_futures=True)
-                    state["pool"], state["pending"] = _pool(workers), {}
+                    state["pool"], state["pending"] = worker_pool(workers), {}
                 except Exception as exc:  # noqa: BLE001
                     result = (study, {}, [_failed(exc)], 0.0)
                     break
@@ -166,12 +163,6 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
             yield result
     finally:
         state["pool"].shutdown(wait=False, cancel_futures=True)
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes (fork where available) that end with this process, also when it is killed."""
-    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),))
 
 
 def _failed(exc: Exception) -> Issue:

@@ -2,19 +2,18 @@
 
 A worker process that dies (segfault, out of memory) is detected; the series it held are retried one at a time,
 and the one that kills its worker again is recorded as an error (`spine.preprocess.job.crash_record`). Workers
-end with the main process, also when it is killed (`spine.procs.exit_with_parent`).
+end with the main process, also when it is killed (`spine.procs.worker_pool`).
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from spine.preprocess.job import Job, crash_record, process_series
-from spine.procs import exit_with_parent
+from spine.procs import worker_pool
 
 __all__ = ["execute"]
 
@@ -28,7 +27,7 @@ def execute(jobs: list[Job], workers: int) -> Iterator[dict]:
     pending = deque(jobs)
     while pending:
         suspects: list[Job] = []
-        pool = _pool(workers)
+        pool = worker_pool(workers)
         running: dict = {}
         try:
             while pending or running:
@@ -48,13 +47,8 @@ def execute(jobs: list[Job], workers: int) -> Iterator[dict]:
             yield _run_alone(job)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    """A process pool whose workers end with this (main) process, even a SIGKILLed one."""
-    return ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),))
-
-
 def _run_alone(job: Job) -> dict:
-    with _pool(1) as pool:
+    with worker_pool(1) as pool:
         try:
             return pool.submit(process_series, job).result()
         except BrokenProcessPool:

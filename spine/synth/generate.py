@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pandas as pd
 
 from spine.constants import (CONDITION_NAMES, CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVEL_NAMES, LEVELS,
                              PROB_COLUMNS, SEVERITIES, label_column, study_row_ids)
+from spine.procs import worker_pool
 from spine.synth import labels as label_model
 from spine.synth.acquisition import SeriesPlan, plan_axial, plan_sagittal, render_slice
 from spine.synth.anatomy import LABELLED, Spine
@@ -86,7 +86,7 @@ def generate(cfg: SynthConfig) -> Path:
     started = time.perf_counter()
     jobs = study_jobs(cfg)
     if cfg.workers > 1:
-        with ProcessPoolExecutor(cfg.workers) as pool:
+        with worker_pool(cfg.workers) as pool:
             results = list(pool.map(_study_job, jobs, chunksize=1))
     else:
         results = [_study_job(job) for job in jobs]
