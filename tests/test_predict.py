@@ -253,3 +253,27 @@ def test_console_script_and_module_entry_point():
             continue
         done = subprocess.run([*command, "runz=[]"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "config error:" in done.stderr and "runz" in done.stderr, done.stderr
+
+
+def test_volumes_of_cached_studies_load_here_and_the_others_in_workers(tiny_dataset, tmp_path):
+    """A cache holding only the training studies: those come memory-mapped from it, the test studies are built
+    from DICOM by the worker pool, and every study is yielded once, in order, with all its series."""
+    from spine.config import compose
+    from spine.predict import read_listing
+    from spine.predict.volumes import iterate_volumes
+    from spine.preprocess.config import PreprocessConfig
+    from spine.preprocess.run import run
+
+    cfg = compose("preprocess", [f"data_dir={tiny_dataset}", f"cache_dir={tmp_path}", "split=train", "workers=1",
+                                 "progress=false", "n_folds=2"], PreprocessConfig)
+    assert run(cfg).exit_code == 0
+    train, train_series = read_listing(tiny_dataset, "train")
+    test, test_series = read_listing(tiny_dataset, "test")
+    studies = [test[0], *train[:2], *test[1:]]
+    descriptions = ["Sagittal T2/STIR", "Axial T2"]
+    results = list(iterate_volumes(studies, {**train_series, **test_series}, descriptions, None, str(tmp_path), 1))
+    assert [r[0] for r in results] == studies
+    for study, volumes, issues, _ in results:
+        assert all(volumes[d] is not None for d in descriptions), (study, issues)
+        memmapped = isinstance(volumes["Axial T2"].stacks[0].pixels, np.memmap)
+        assert memmapped == (study in train), study

@@ -80,6 +80,7 @@ class Predictor:
             if cache.volume_options() != self.volume_options:
                 log.warning(f"cache_dir={cache_dir} was made with {cache.volume_options()}, the runs' cache with "
                             f"{self.volume_options}: volumes are built from DICOM")
+                self.cache_dir = None
         self._decoders = [LandmarkDecoder.from_stage(run.cfg.stage) for run in landmark_runs]
         priors = [r.priors for r in grading_runs if r.priors is not None]
         self.priors = np.mean(priors, axis=0) if priors else np.full((len(LABEL_COLUMNS), len(PROB_COLUMNS)),

@@ -58,7 +58,7 @@ def load_volumes(study_id: int, series: dict[str, Sequence], descriptions: Seque
         if cache is not None and cache.volume_options() != options:
             cache = None  # made with other options than the runs' training cache: build from DICOM
     for description in dict.fromkeys(descriptions):
-        volume = None if cache is None else _from_cache(cache, int(study_id), description)
+        volume = None if cache is None else _from_cache(cache, int(study_id), description, issues)
         if volume is None:
             volume = _from_dicom(description, [str(p) for p in series.get(description, [])], options, issues)
         elif volume.notes:
@@ -109,12 +109,14 @@ def _notes_issue(volume: SeriesVolume, description: str, name: str | None = None
     return Issue("volume notes", f"{description} series {name}: {first_lines('; '.join(volume.notes), 240)}", "note")
 
 
-def _from_cache(cache: Cache, study_id: int, description: str) -> SeriesVolume | None:
-    """The cache's volume of the study's first ok series of the type (memory-mapped), None to read DICOM."""
+def _from_cache(cache: Cache, study_id: int, description: str, issues: list[Issue]) -> SeriesVolume | None:
+    """The cache's volume of the study's first ok series of the type (memory-mapped), None to read DICOM (with a
+    note in ``issues`` when the cache has the series but cannot load it)."""
     try:
         ids = cache.series_of(study_id, description)
         return cache.load_volume(study_id, ids[0]) if ids else None
-    except Exception:  # noqa: BLE001 - fall back to the DICOM files
+    except Exception as exc:  # noqa: BLE001 - a bad cache entry only costs speed: fall back to the DICOM files
+        issues.append(Issue("cache unusable", f"{description}: {first_lines(exc)}", "note"))
         return None
 
 
@@ -127,26 +129,28 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
     Workers are forked like torch's DataLoader workers (they only read DICOM and select stacks, no torch). A
     worker that dies (out of memory) breaks the pool: a new pool builds the awaited study alone, and if that
     dies too, the study gets the priors. The main process never builds a volume that killed a worker.
-    With a cache the studies are loaded here: a cached series is memory-mapped and costs nothing to open,
-    while sending it back from a worker would pickle (read and copy) every stack.
+    Studies the cache holds are loaded here: a cached series is memory-mapped and costs nothing to open, while
+    sending it back from a worker would pickle (read and copy) every stack; the others go to the workers.
     """
     args = (descriptions, options, cache_root)
-    if workers <= 0 or cache_root:
+    cached = _cached_studies(cache_root)
+    if workers <= 0 or cached.issuperset(studies):
         for study in studies:
-            try:
-                result = (study, *_timed_load(study, series.get(study, {}), *args))
-            except Exception as exc:  # noqa: BLE001
-                result = (study, {}, [_failed(exc)], 0.0)
-            yield result
+            yield _load_here(study, series, args)
         return
+    ahead = [s for s in studies if s not in cached]  # the studies the workers build, in order
     state: dict = {"pool": worker_pool(workers), "pending": {}}
     try:
-        for i, study in enumerate(studies):
+        for study in studies:
+            if study in cached:
+                yield _load_here(study, series, args)
+                continue
+            i = ahead.index(study)
             result = None
             for alone in (False, True):
                 pool, pending = state["pool"], state["pending"]
                 try:
-                    for later in studies[i: i + (1 if alone else 2 * workers + 1)]:
+                    for later in ahead[i: i + (1 if alone else 2 * workers + 1)]:
                         if later not in pending:
                             pending[later] = pool.submit(_timed_load, later, series.get(later, {}), *args)
                     result = (study, *pending.pop(study).result())
@@ -163,6 +167,25 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
             yield result
     finally:
         state["pool"].shutdown(wait=False, cancel_futures=True)
+
+
+def _cached_studies(cache_root: str | None) -> set[int]:
+    """The studies with ok series in the cache at ``cache_root`` (none without one, or if it cannot be opened:
+    `load_volumes` then reports why)."""
+    if not cache_root:
+        return set()
+    try:
+        cache = open_cache(cache_root)
+    except Exception:  # noqa: BLE001 - reported per study by load_volumes
+        return set()
+    return {int(s) for s in cache.series.study_id[cache.series.status == "ok"]}
+
+
+def _load_here(study: int, series: dict, args: tuple) -> tuple[int, dict, list[Issue], float]:
+    try:
+        return (study, *_timed_load(study, series.get(study, {}), *args))
+    except Exception as exc:  # noqa: BLE001 - never raises for a study: a failure is a fatal issue
+        return (study, {}, [_failed(exc)], 0.0)
 
 
 def _failed(exc: Exception) -> Issue:
