@@ -220,15 +220,18 @@ def preprocess(data_dir: Path, cache_dir: Path) -> Path:
 
 def centre_baseline_metrics(cache_dir: Path, series: str = "Sagittal T2/STIR") -> dict:
     """Level-ID and error of the centre-offset baseline (5 folds of the cache's folds.csv), and the share of label
-    points outside the default landmark grid (80 x 4 mm in y and z, 24 x 4 mm in x, centred on the volume)."""
+    points outside the default landmark grid (`GridConfig`, centred on the volume)."""
     from spine.preprocess.cache import Cache
+    from spine.run_config import GridConfig
     from spine.train.landmarks import landmark_metrics, truth_frame
 
     cache = Cache.open(cache_dir)
     oof = cache.folds[["study_id", "fold"]]
     baseline = _landmarks_module().centre_baseline(cache, oof, series)
-    metrics = landmark_metrics(baseline, truth_frame(cache.coordinates))
     truth = truth_frame(cache.coordinates)
+    metrics = landmark_metrics(baseline, truth)
+    grid = GridConfig()
+    half = np.asarray(grid.size) * np.asarray(grid.spacing_mm) / 2  # mm along world x, y, z
     outside = []
     for study, rows in truth.groupby("study_id"):
         ids = cache.series_of(int(study), series)
@@ -236,8 +239,9 @@ def centre_baseline_metrics(cache_dir: Path, series: str = "Sagittal T2/STIR") -
             continue
         centre = cache.load_volume(int(study), ids[0]).centre
         offset = np.abs(rows[["true_x", "true_y", "true_z"]].to_numpy() - centre)
-        outside.extend((offset > np.array([48.0, 160.0, 160.0])).any(axis=1))
+        outside.extend((offset > half).any(axis=1))
     metrics["outside_grid"] = float(np.mean(outside)) if outside else float("nan")
+    metrics["grid_mm"] = (2 * half).tolist()
     return metrics
 
 
@@ -342,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = centre_baseline_metrics(cache)
         column["centre-offset level identification (%)"] = (
             f"{_pct(metrics['level_acc'])} (median error {metrics['median_mm']:.0f} mm; "
-            f"{_pct(metrics['outside_grid'])} % of points outside a 320 mm grid)")
+            f"{_pct(metrics['outside_grid'])} % of points outside the {metrics['grid_mm'][2]:.0f} mm landmark grid)")
         result = scores(data)
         if result:
             column["score: oracle / class prior (test studies)"] = (f"{result['oracle']:.3f} / "

@@ -25,9 +25,12 @@ Decisions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 __all__ = ["DicomStack", "IrregularStackError", "make_stack"]
 
@@ -115,6 +118,8 @@ class DicomStack:
                 f"stack is not a regular grid (uniform={self.uniform}, sheared={self.sheared}, "
                 f"shear {self.shear_mm:.3f} mm, slice positions {np.round(self.slice_positions, 3).tolist()})"
             )
+        import SimpleITK as sitk  # here only: the pipeline never needs it (about 0.3 s to import in every worker)
+
         image = sitk.GetImageFromArray(self.pixels)  # numpy [k, j, i] -> ITK index (i, j, k)
         image.SetOrigin(self.origin_lps.tolist())
         image.SetSpacing(self.spacing.tolist())
