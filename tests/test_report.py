@@ -151,7 +151,7 @@ def test_landmark_errors_per_fold_and_level(grading_report, tiny_runs):
 
 
 def test_worst_studies_by_their_own_metric(grading_report, tiny_runs, tiny_dataset):
-    from spine.report.gather import study_scores
+    from spine.report.scores import study_scores
 
     oof = pd.read_csv(tiny_runs[1] / "oof.csv", dtype={"row_id": str})
     ranked = study_scores(oof, _labels(tiny_dataset))

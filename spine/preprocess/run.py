@@ -32,11 +32,11 @@ from spine.preprocess.cache import COORDINATE_COLUMNS, FOLD_COLUMNS, SERIES_COLU
 from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.coordinates import UNRESOLVED_CSV, label_coordinates, write_coordinates
 from spine.preprocess.folds import make_folds
-from spine.preprocess.job import Job, cached_record, process_series
+from spine.preprocess.job import Job, cached_record
 from spine.preprocess.pool import execute
 from spine.progress import progress
 
-__all__ = ["Job", "Summary", "process_series", "run"]  # Job and process_series: spine.preprocess.job
+__all__ = ["Summary", "run"]
 
 log = logging.getLogger(__name__)
 

@@ -41,15 +41,14 @@ from spine.metric import PARTS
 from spine.report import figures as F
 from spine.report.contents import Report, StudyPage
 from spine.report.landmark_errors import error_summary, landmark_fold_metrics, point_errors
-from spine.report.scores import (calibration_scores, grade_table, grading_scores, oracle_predictions, scorable,
-                                 study_scores, test_scores)
+from spine.report.scores import (calibration_scores, grade_table, grading_scores, scorable, study_scores,
+                                 test_scores)
 from spine.report.sources import ReportError, Sources
 from spine.report.studies import grading_images, guarded, point_images
 from spine.train.landmarks import truth_frame
 from spine.train.plots import plot_confusion, plot_reliability
 
-__all__ = ["Report", "ReportError", "StudyPage", "gather", "grading_scores", "oracle_predictions",
-           "study_scores"]
+__all__ = ["ReportError", "gather"]
 
 
 def gather(cfg) -> Report:
