@@ -187,12 +187,9 @@ def range_key(percentiles) -> str:
     return ",".join(f"{float(p):g}" for p in percentiles)
 
 
-_READ_STACK_KEYS = ("file", "shape_ijk", "ipp", "r", "c", "pixel_spacing", "instance_numbers", "slice_thickness")
-
-
 def read_stack(root: Path, folder: Path, record: dict) -> DicomStack:
     """A cached stack, its pixels memory-mapped read-only ([k, j, i] view of the NIfTI's [i, j, k]); its slice
-    positions are its own copy of the record's. Reads ``_READ_STACK_KEYS`` of the stack's ``record``."""
+    positions are its own copy of the record's (IPP, LPS mm)."""
     image = nib.load(Path(folder) / record["file"], mmap="r")
     pixels = np.asanyarray(image.dataobj).T
     if list(pixels.shape[::-1]) != list(record["shape_ijk"]):
@@ -340,32 +337,31 @@ class Cache:
         Raises:
             KeyError: the series has no stacks (status error) or is not in series.csv.
         """
-        row = self.row(study_id, series_id)
-        if row.status != "ok":
-            raise KeyError(f"series {study_id}/{series_id} has no stacks: {row.reason}")
         record = self._volume_record(study_id, series_id)
         folder = record_path(self.root, study_id, series_id).parent
         stacks = [read_stack(self.root, folder, r) for r in record["stacks"]]
         percentiles = tuple(float(p) for p in percentiles)
         known = record["intensity_range"].get(range_key(percentiles), "unknown")
         ranges = {} if known == "unknown" else {percentiles: None if known is None else tuple(known)}
-        return SeriesVolume(stacks, percentiles, int(series_id), row.description,
-                            [n for n in str(row.reason).split("; ") if n], "cache",
-                            float(self.volume_options()["max_gap_factor"]), ranges)
+        return SeriesVolume(stacks, percentiles, int(series_id), record["description"], list(record["notes"]),
+                            "cache", record["max_gap_factor"], ranges)
 
     def _volume_record(self, study_id: int, series_id: int) -> dict:
-        """What `load_volume` reads of the series' record, read from its file once per Cache: ``stacks`` (the
-        fields `read_stack` reads; every slice's IPP, LPS mm, as one read-only float64 array) and
-        ``intensity_range``."""
+        """What `load_volume` needs of a series, looked up once per Cache: its series.csv row (description,
+        notes), its record's ``stacks`` and ``intensity_range``, and the cache's ``max_gap_factor``.
+
+        Raises:
+            KeyError: the series has no stacks (status error) or is not in series.csv.
+        """
         key = (int(study_id), int(series_id))
         kept = self._volume_records.get(key)
         if kept is None:
+            row = self.row(*key)
+            if row.status != "ok":
+                raise KeyError(f"series {study_id}/{series_id} has no stacks: {row.reason}")
             record = self.record(*key)
-            stacks = []
-            for stack in record["stacks"]:
-                ipp = np.asarray(stack["ipp"], dtype=np.float64)
-                ipp.setflags(write=False)  # shared by every load: `read_stack` copies it
-                stacks.append({**{k: stack.get(k) for k in _READ_STACK_KEYS}, "ipp": ipp})
-            kept = {"stacks": stacks, "intensity_range": record.get("intensity_range", {})}
+            kept = {"description": row.description, "notes": [n for n in str(row.reason).split("; ") if n],
+                    "stacks": record["stacks"], "intensity_range": record.get("intensity_range", {}),
+                    "max_gap_factor": float(self.volume_options()["max_gap_factor"])}
             self._volume_records[key] = kept
         return kept
