@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from spine.errors import InputError
 from spine.logs import configure as configure_logging
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -35,8 +36,10 @@ _BARE = re.compile(r"[\w./${}:-]+")  # a string value that needs no quotes in an
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config that cannot be composed or does not match its schema."""
+class ConfigError(InputError, ValueError):
+    """A config that cannot be composed or does not match its schema (exit code 2)."""
+
+    label = "config error"
 
 
 def compose(command: str, overrides: list[str], schema: type[T]) -> T:
@@ -69,21 +72,81 @@ def _compose_node(command: str, overrides: Sequence[str], schema: type) -> DictC
     # Group choices (``preset=tiny``) go to Hydra; values (``seed=3``) are merged onto the typed schema,
     # so every field of the schema can be set even where the YAML does not mention it, and unknown keys
     # or ill-typed values are refused by OmegaConf.
-    groups = [o for o in overrides if (config_dir / o.split("=", 1)[0].lstrip("+~")).is_dir()]
+    groups = [o for o in overrides if _key(o) and (config_dir / _key(o).lstrip("+~")).is_dir()]
     values = [o for o in overrides if o not in groups]
     try:
+        _check_group_syntax(groups)
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = hydra_compose(config_name=command, overrides=groups)
         merged = OmegaConf.merge(OmegaConf.structured(schema), _plain(cfg))
         for item in values:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value (--help lists the keys)")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = _merge_value(merged, item)
         return merged
     except ConfigError:
         raise
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise ConfigError(_first_line(err)) from err
+
+
+def _key(override: str) -> str:
+    """The key (or group) of an override: what comes before its first ``=``."""
+    return override.split("=", 1)[0].strip()
+
+
+def _check_group_syntax(groups: Sequence[str]) -> None:
+    """Hydra's override grammar, one group choice at a time, so that a bad one is named (``stage=[a``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for item in groups:
+        try:
+            parser.parse_overrides([item])
+        except OverrideParseException as err:
+            reason = next((ln for ln in str(err).splitlines() if ln and not ln.startswith(("Error parsing", "See "))),
+                          "not Hydra's override grammar")
+            raise ConfigError(f"override {item!r}: {reason} (group=option)") from err
+
+
+def _merge_value(merged: DictConfig, item: str) -> DictConfig:
+    """``merged`` with one ``key=value`` override: the value is read as YAML and checked against the schema.
+
+    ``key=`` (an empty value) is null where the key may be null, else the empty string (as in Hydra). Raises
+    ConfigError naming the override for a missing ``=`` or key, a value that is not YAML, and a scalar given
+    to a list.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ConfigError(f"override {item!r} is not of the form key=value (--help lists the keys)")
+    if not key.strip():
+        raise ConfigError(f"override {item!r} has no key before '=' (--help lists the keys)")
+    if not value:
+        try:
+            return OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException:
+            item = f"{key}=''"  # not nullable: the empty string
+    try:
+        return OmegaConf.merge(merged, _dotlist(item))
+    except OmegaConfBaseException as err:
+        if "is not a ListConfig" in str(err):
+            raise ConfigError(f"{key.strip()} takes a list: {key.strip()}=[a,b] ({key.strip()}=[] for none), "
+                              f"got {value!r}") from err
+        raise
+
+
+def _dotlist(item: str) -> DictConfig:
+    """``OmegaConf.from_dotlist([item])``, with YAML's syntax errors as a ConfigError that names the override."""
+    import yaml
+
+    try:
+        return OmegaConf.from_dotlist([item])
+    except yaml.YAMLError as err:
+        key, _, value = item.partition("=")
+        problem = str(getattr(err, "problem", None) or type(err).__name__).replace("'<stream end>'", "its end")
+        raise ConfigError(f"override {item!r}: {value!r} is not valid YAML ({problem}); a list is [a,b], and a "
+                          f"value holding brackets or commas is quoted: {key}='...'") from err
 
 
 def compose_or_exit(command: str, overrides: list[str], schema: type[T], description: str = "", *,
@@ -106,9 +169,59 @@ def compose_or_code(command: str, overrides: list[str], schema: type[T], descrip
     configure_logging(command)
     try:
         return compose(command, overrides, schema)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    except ConfigError as err:  # the one line of every command: [command] config error: ... (spine.errors.command)
+        print(f"[{command}] {err.label}: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+# ------------------------------------------------------------------------------------- schema validation
+# For the schemas' ``__post_init__``: a number that makes no sense (a negative size, a probability of 1.5) is
+# refused there, where `compose` turns the ValueError into a one-line ConfigError naming the key.
+
+
+def require_range(owner: object, names: str, low: float | None = None, high: float | None = None, *,
+                  low_open: bool = False, high_open: bool = False, prefix: str = "") -> None:
+    """ValueError naming the first field of ``names`` (space-separated) whose value, or an element of its list,
+    lies outside ``[low, high]`` (``low_open`` / ``high_open``: that end excluded; None: unbounded)."""
+    for name in names.split():
+        value = getattr(owner, name)
+        for number in value if isinstance(value, (list, tuple)) else [value]:
+            if not _within(number, low, high, low_open, high_open):
+                raise ValueError(f"{prefix}{name} must be {_range_text(low, high, low_open, high_open)}, "
+                                 f"got {value!r}")
+
+
+def require_pairs(owner: object, names: str, low: float | None = None, high: float | None = None, *,
+                  low_open: bool = False, prefix: str = "") -> None:
+    """:func:`require_range` for ``[low, high]`` fields: two values, the first not above the second."""
+    for name in names.split():
+        value = getattr(owner, name)
+        if len(value) != 2 or value[0] > value[1]:
+            raise ValueError(f"{prefix}{name} must be [low, high] with low <= high, got {value!r}")
+        require_range(owner, name, low, high, low_open=low_open, prefix=prefix)
+
+
+def require_length(owner: object, names: str, length: int, *, prefix: str = "") -> None:
+    """ValueError naming the first list field of ``names`` that does not hold ``length`` values."""
+    for name in names.split():
+        value = getattr(owner, name)
+        if len(value) != length:
+            raise ValueError(f"{prefix}{name} needs {length} values, got {value!r}")
+
+
+def _within(number: float, low: float | None, high: float | None, low_open: bool, high_open: bool) -> bool:
+    if low is not None and (number <= low if low_open else number < low):
+        return False
+    return high is None or (number < high if high_open else number <= high)
+
+
+def _range_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    """``>= 1``, ``> 0``, ``in [0, 1]``, ``in [0, 1)``."""
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 # ------------------------------------------------------------------------------------------------ --help

@@ -95,6 +95,32 @@ def level_from_name(name: str) -> str:
     return LEVELS[LEVEL_NAMES.index(name)]
 
 
+def _name_key(text: str) -> str:
+    """Case-, space- and separator-insensitive key of a condition or level name: ``' Spinal_canal  stenosis'`` ->
+    ``'spinal canal stenosis'``, ``'l1-l2'`` / ``'L1 / L2'`` / ``'l1_l2'`` -> ``'l1 l2'``."""
+    for separator in "_-/":
+        text = text.replace(separator, " ")
+    return " ".join(text.split()).casefold()
+
+
+_CONDITION_BY_KEY: dict[str, str] = {_name_key(n): n for n in CONDITION_NAMES} | {
+    _name_key(c): n for c, n in zip(CONDITIONS, CONDITION_NAMES)}
+_LEVEL_BY_KEY: dict[str, str] = {_name_key(n): n for n in LEVEL_NAMES}
+
+
+def canonical_condition(text: object) -> str | None:
+    """The competition's spelling (one of ``CONDITION_NAMES``) of a condition written in another case, with other
+    spaces, or as its column name (``'spinal canal stenosis'``, ``'spinal_canal_stenosis'``); None for anything
+    that names no condition unambiguously."""
+    return _CONDITION_BY_KEY.get(_name_key(text)) if isinstance(text, str) else None
+
+
+def canonical_level(text: object) -> str | None:
+    """The competition's spelling (one of ``LEVEL_NAMES``) of a disc level written in another case or with another
+    separator (``'l1/l2'``, ``'L1-L2'``, ``'L1 / L2'``, ``'l1_l2'``); None for anything else (``'L6/S1'``)."""
+    return _LEVEL_BY_KEY.get(_name_key(text)) if isinstance(text, str) else None
+
+
 def _description_key(text: str) -> str:
     """Case- and space-insensitive key of a series description: ``' SAGITTAL T2 / STIR '`` -> ``'sagittal t2/stir'``."""
     return " ".join(text.replace("/", " / ").split()).replace(" / ", "/").casefold()

@@ -13,6 +13,9 @@ for its parent's if the parent had already died), makes it end:
 
 Linux sends the death signal when the *thread* that forked the worker ends, not only the process: pools must be
 created by a thread that outlives them (the main thread, in every command here).
+
+torch DataLoader workers (``spine-train``) get the same with :class:`WorkerInit` as their ``worker_init_fn``:
+without it they notice a dead parent only at their next queue timeout (about 5 s).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+
+__all__ = ["WorkerInit", "exit_with_parent", "worker_pool"]
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 1.0
@@ -38,6 +44,24 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     pool of preprocessing, inference and the generator."""
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     return ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
+class WorkerInit:
+    """A DataLoader ``worker_init_fn`` that makes the worker end with the process that created the loader
+    (:func:`exit_with_parent`), then calls ``then(worker_id)`` (the loader's own ``worker_init_fn``, if any).
+
+    Build it in the main process: it keeps that process's pid. A plain picklable object, so that spawned
+    workers (macOS, Windows) can receive it too.
+    """
+
+    def __init__(self, then: Callable[[int], None] | None = None, parent: int | None = None) -> None:
+        self.parent = os.getpid() if parent is None else int(parent)
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        exit_with_parent(self.parent)
+        if self.then is not None:
+            self.then(worker_id)
 
 
 def exit_with_parent(parent: int, poll_s: float = POLL_S) -> None:

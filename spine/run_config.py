@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from spine.config import require_length, require_pairs, require_range
 from spine.constants import CONDITIONS, SERIES_TYPES
 
 __all__ = ["STAGES", "CropConfig", "GradingAugmentConfig", "GradingStageConfig", "GridConfig", "LandmarkAugmentConfig",
@@ -46,6 +47,10 @@ class LandmarkAugmentConfig:
     gamma: float = 0.3  # torchio RandomGamma log-gamma range; 0 = off
     noise_std: float = 0.03  # torchio RandomNoise std upper bound (normalised units); 0 = off
 
+    def __post_init__(self) -> None:
+        require_length(self, "rotate_deg translate_mm", 3, prefix="stage.augment.")
+        _check_augment(self, "rotate_deg translate_mm bias_field gamma noise_std")
+
 
 @dataclass
 class LandmarkStageConfig:
@@ -74,6 +79,9 @@ class LandmarkStageConfig:
             raise ValueError(f"stage.conditions: {bad or self.conditions} not in {list(CONDITIONS)}")
         if self.decode not in ("global", "local"):
             raise ValueError(f"stage.decode must be global or local, got {self.decode!r}")
+        _check_percentiles(self)
+        require_range(self, "sigma_mm l1_scale_mm decode_radius_mm", 0.0, low_open=True, prefix="stage.")
+        require_range(self, "heatmap_weight plot_studies cache_mb", 0, prefix="stage.")
         sides = {c.split("_", 1)[1] for c in self.conditions if c.startswith(("left_", "right_"))}
         for rest in sides:
             if self.augment.flip_lr > 0 and not {f"left_{rest}", f"right_{rest}"} <= set(self.conditions):
@@ -107,6 +115,11 @@ class GradingAugmentConfig:
     bias_field: float = 0.0  # torchio RandomBiasField coefficients; 0 = off
     gamma: float = 0.3  # torchio RandomGamma log-gamma range; 0 = off
     noise_std: float = 0.03  # torchio RandomNoise std upper bound (normalised units); 0 = off
+
+    def __post_init__(self) -> None:
+        require_length(self, "rotate_deg", 3, prefix="stage.augment.")
+        require_range(self, "level_shift", 0.0, 1.0, prefix="stage.augment.")
+        _check_augment(self, "rotate_deg jitter_mm bias_field gamma noise_std")
 
 
 @dataclass
@@ -142,6 +155,22 @@ class GradingStageConfig:
             values = getattr(self, name)
             if len(values) != 3 or min(values) < 0 or max(values) <= 0:
                 raise ValueError(f"stage.{name} needs 3 non-negative values (Normal/Mild, Moderate, Severe)")
+        _check_percentiles(self)
+        require_range(self, "any_severe_weight focal_gamma", 0.0, prefix="stage.")
+
+
+def _check_augment(augment: object, non_negative: str) -> None:
+    """The keys both stages' augmentations share: a probability, a zoom below 100 %, magnitudes >= 0."""
+    require_range(augment, "flip_lr", 0.0, 1.0, prefix="stage.augment.")
+    require_range(augment, "scale", 0.0, 1.0, high_open=True, prefix="stage.augment.")  # zoom in [1 - s, 1 + s]
+    require_range(augment, non_negative, 0.0, prefix="stage.augment.")
+
+
+def _check_percentiles(stage: object) -> None:
+    """``stage.percentiles``: the robust range [low, high] of the normalisation, 0 <= low < high <= 100."""
+    require_pairs(stage, "percentiles", 0.0, 100.0, prefix="stage.")
+    if stage.percentiles[0] == stage.percentiles[1]:
+        raise ValueError(f"stage.percentiles must be [low, high] with low < high, got {stage.percentiles!r}")
 
 
 # name -> (schema, "module:Class" of the stage plug-in). Import paths keep torch out of config loading.
@@ -167,6 +196,13 @@ class OptimConfig:
     warmup_epochs: float = 1.0  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.01  # the cosine decay ends at min_lr_ratio * lr
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
+
+    def __post_init__(self) -> None:
+        require_range(self, "lr", 0.0, low_open=True, prefix="optim.")  # 0 would train nothing
+        require_range(self, "weight_decay warmup_epochs grad_clip", 0.0, prefix="optim.")
+        require_range(self, "min_lr_ratio", 0.0, 1.0, prefix="optim.")
+        require_length(self, "betas", 2, prefix="optim.")
+        require_range(self, "betas", 0.0, 1.0, high_open=True, prefix="optim.")
 
 
 @dataclass
@@ -204,5 +240,6 @@ class TrainConfig:
             raise ValueError(f"fold must be a fold number or 'all', got {self.fold!r}")
         if self.amp not in ("bf16", "fp16", "none"):
             raise ValueError(f"amp must be bf16, fp16 or none, got {self.amp!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
-            raise ValueError("epochs, batch_size and val_every must be >= 1")
+        require_range(self, "epochs batch_size val_every", 1)
+        require_range(self, "num_workers", 0)
+        require_range(self, "ema", 0.0, 1.0, high_open=True)  # a decay of 1 would never leave the initial weights

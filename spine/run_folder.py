@@ -23,17 +23,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from spine.calibrate import Calibration
-from spine.config import ConfigError, _first_line
+from spine.config import _first_line
 from spine.constants import LABEL_COLUMNS, PROB_COLUMNS
+from spine.errors import SpineError, one_line
 from spine.run_config import STAGES, TrainConfig
 
 __all__ = ["CACHE_JSON", "CALIBRATION_JSON", "CHECKPOINT", "CONFIG_YAML", "METRICS_JSON", "MODEL_JSON",
-           "MODEL_WEIGHTS", "OOF_CSV", "PRIORS_JSON", "RUN_JSON", "SUBMISSION_CSV", "TEST_CSV", "fold_dirs",
-           "load_run_config", "missing_model_files", "read_cache_info", "read_calibration", "read_model_json",
-           "read_priors"]
+           "MODEL_WEIGHTS", "OOF_CSV", "PRIORS_JSON", "RUN_JSON", "SUBMISSION_CSV", "TEST_CSV", "RunFolderError",
+           "fold_dirs", "load_run_config", "missing_model_files", "read_cache_info", "read_calibration",
+           "read_model_json", "read_priors"]
 
 CONFIG_YAML, CACHE_JSON, RUN_JSON, METRICS_JSON = "config.yaml", "cache.json", "run.json", "metrics.json"
 OOF_CSV, TEST_CSV, SUBMISSION_CSV = "oof.csv", "test.csv", "submission.csv"
@@ -42,31 +45,69 @@ CHECKPOINT = "checkpoint.pt"  # training state of an unfinished fold (spine.trai
 MODEL_WEIGHTS, MODEL_JSON = "model.safetensors", "model.json"  # a finished fold's model
 
 
+class RunFolderError(SpineError, FileNotFoundError):
+    """A run folder that cannot be used: no config.yaml, or a file of it that is damaged (not YAML / JSON, not
+    the schema, unusable values). The message is one line naming the file and why (exit code 1).
+
+    A FileNotFoundError, as the missing config.yaml always was, so that callers that catch that keep working.
+    """
+
+
+def _damaged(path: Path, err: BaseException | str) -> RunFolderError:
+    """The RunFolderError of a damaged run-folder file: ``<path>: <why>``, one line."""
+    why = err if isinstance(err, str) else f"{type(err).__name__}: {one_line(err, 300)}"
+    return RunFolderError(f"damaged run-folder file {path}: {why}")
+
+
+def _read_json(path: Path) -> object:
+    """The JSON of a run-folder file; RunFolderError when it cannot be read or is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _damaged(path, err) from err
+
+
 def load_run_config(run_dir) -> TrainConfig:
     """The validated config of a run: ``<run_dir>/config.yaml`` as written by ``spine-train``.
 
-    Raises FileNotFoundError when the folder has no config.yaml, ConfigError when it does not validate.
+    Raises RunFolderError when the folder has no config.yaml, or one that is not YAML, names no known stage or
+    does not validate against the schema (the message names the file).
     """
     path = Path(run_dir) / CONFIG_YAML
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {CONFIG_YAML})")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        raise RunFolderError(f"{run_dir} is not a run folder (no {CONFIG_YAML})")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as err:  # ValueError: not text
+        raise _damaged(path, f"not valid YAML ({type(err).__name__}: {one_line(err, 300)})") from err
+    if not isinstance(raw, dict):
+        raise _damaged(path, f"a {type(raw).__name__}, not a mapping of keys")
     stage = raw.pop("stage", {}) or {}
+    if not isinstance(stage, dict):
+        raise _damaged(path, f"stage is a {type(stage).__name__}, not a mapping of keys")
     name = stage.get("name")
     if name not in STAGES:
-        raise ConfigError(f"{path}: stage.name {name!r} is not a stage; stages: {', '.join(STAGES)}")
+        raise _damaged(path, f"stage.name {name!r} is not a stage; stages: {', '.join(STAGES)}")
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), raw))
         cfg.stage = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(STAGES[name][0]), stage))
     except Exception as err:  # noqa: BLE001 - any schema failure is a bad run folder
-        raise ConfigError(f"{path}: {_first_line(err)}") from err
+        raise _damaged(path, _first_line(err)) from err
     return cfg
 
 
 def read_cache_info(run_dir) -> dict | None:
-    """The training cache's ``cache.json`` as the run recorded it, None when the run has none."""
+    """The training cache's ``cache.json`` as the run recorded it, None when the run has none.
+
+    Raises RunFolderError when it is not a JSON object.
+    """
     path = Path(run_dir) / CACHE_JSON
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    info = _read_json(path)
+    if not isinstance(info, dict):
+        raise _damaged(path, "not a JSON object")
+    return info
 
 
 def fold_dirs(run_dir) -> list[Path]:
@@ -82,33 +123,49 @@ def missing_model_files(fold) -> list[str]:
 
 def read_model_json(fold) -> tuple[str, dict]:
     """(registered model name, constructor kwargs) of a finished fold; build it with
-    ``spine.models.create_model(name, weights=fold / MODEL_WEIGHTS, **kwargs)``."""
-    described = json.loads((Path(fold) / MODEL_JSON).read_text())
-    return str(described["name"]), dict(described.get("kwargs", {}))
+    ``spine.models.create_model(name, weights=fold / MODEL_WEIGHTS, **kwargs)``.
+
+    Raises RunFolderError when model.json is missing, not JSON, or lacks the name or a kwargs mapping.
+    """
+    path = Path(fold) / MODEL_JSON
+    described = _read_json(path)
+    try:
+        return str(described["name"]), dict(described.get("kwargs", {}))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise _damaged(path, f"no model name and kwargs ({type(err).__name__}: {one_line(err, 100)})") from err
 
 
 def read_calibration(run_dir) -> Calibration | None:
     """The grading run's :class:`spine.calibrate.Calibration`, None when it has no calibration.json.
 
-    Raises ValueError (json.JSONDecodeError included) or KeyError for an unreadable one.
+    Raises RunFolderError for an unreadable or unusable one.
     """
     path = Path(run_dir) / CALIBRATION_JSON
-    return Calibration.from_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return Calibration.from_json(path)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise _damaged(path, err) from err
 
 
 def read_priors(run_dir) -> np.ndarray | None:
     """(25, 3) class priors of the grading run's priors.json in ``LABEL_COLUMNS`` x ``PROB_COLUMNS`` order, rows
     normalised; None when the run has none.
 
-    Raises ValueError (json.JSONDecodeError included), KeyError, TypeError or IndexError for an unusable one.
+    Raises RunFolderError for an unreadable or unusable one (not JSON, a key or column missing, a probability
+    that is not finite and non-negative, a row summing to 0).
     """
     path = Path(run_dir) / PRIORS_JSON
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    columns = list(data.get("columns", PROB_COLUMNS))
-    order = [columns.index(c) for c in PROB_COLUMNS]
-    table = np.array([[float(data["priors"][key][i]) for i in order] for key in LABEL_COLUMNS])
+    data = _read_json(path)
+    try:
+        columns = list(data.get("columns", PROB_COLUMNS))
+        order = [columns.index(c) for c in PROB_COLUMNS]
+        table = np.array([[float(data["priors"][key][i]) for i in order] for key in LABEL_COLUMNS])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise _damaged(path, err) from err
     if not np.isfinite(table).all() or (table < 0).any() or (table.sum(1) <= 0).any():
-        raise ValueError("probabilities must be finite, non-negative, with positive row sums")
+        raise _damaged(path, "probabilities must be finite, non-negative, with positive row sums")
     return table / table.sum(1, keepdims=True)

@@ -131,6 +131,8 @@ def test_preprocess_stops_with_one_line_on_unusable_train_tables(tiny_dataset, t
              ("train.csv", spoiled.to_csv(index=False).encode(), "'Sever'"),
              ("train.csv", train[["study_id"]].to_csv(index=False).encode(), "missing required columns"),
              ("train.csv", BINARY, "not a CSV text file"),
+             ("train.csv", train.iloc[:0].to_csv(index=False).encode(), "no study, only a header"),
+             ("train.csv", b"", "EmptyDataError"),
              ("train.csv", train.to_csv(index=False).replace(str(study), "99999999999999999999999", 1).encode(),
               "study_id '99999999999999999999999' is out of range"),
              ("train_label_coordinates.csv", BINARY, "not a CSV text file"),
@@ -139,7 +141,7 @@ def test_preprocess_stops_with_one_line_on_unusable_train_tables(tiny_dataset, t
         (data / "train.csv").write_bytes(train.to_csv(index=False).encode())
         (data / "train_label_coordinates.csv").write_bytes(coordinates)
         (data / name).write_bytes(content)
-        assert main([f"data_dir={data}", f"cache_dir={tmp_path / 'cache'}", "workers=1", "progress=false"]) == 1
+        assert main([f"data_dir={data}", f"cache_dir={tmp_path / 'cache'}", "workers=1", "progress=false"]) == 2
         err = capfd.readouterr().err
         assert expected in one_line(err) and name in err, (name, expected, err)
         assert not list(tmp_path.glob("cache/*/volumes")), "refused before any work"
@@ -153,7 +155,7 @@ def test_training_refuses_unknown_grades_with_one_line(tiny_cache_dir, tmp_path,
     labels.to_csv(tmp_path / "train.csv", index=False)
     assert train(["stage=grading", "model=grading_3d_tiny", f"cache_dir={tiny_cache_dir}", "fold=0",
                   f"stage.labels={tmp_path / 'train.csv'}", f"run_dir={tmp_path / 'run'}", "epochs=1",
-                  "num_workers=0", "progress=false", "tensorboard=false", "device=cpu"]) == 1
+                  "num_workers=0", "progress=false", "tensorboard=false", "device=cpu"]) == 2
     err = capsys.readouterr().err
     assert "'EXTREME'" in err.strip().splitlines()[-1] and "Traceback" not in err, err
 

@@ -25,20 +25,22 @@ from __future__ import annotations
 import sys
 
 from spine.config import compose_or_code
+from spine.errors import command
 from spine.doctor.config import DoctorConfig
 
 
+@command("doctor")
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     cfg = compose_or_code("doctor", args, DoctorConfig, __doc__, prog="spine-doctor")
     if isinstance(cfg, int):
         return cfg
     from spine.doctor.run import REPORT_JSON, run_doctor
-    from spine.preprocess.cache import Cache, CacheError
+    from spine.preprocess.cache import Cache
 
     try:
         cache = Cache.open(cfg.cache_dir)
-    except (CacheError, FileNotFoundError) as err:
+    except FileNotFoundError as err:  # CacheError included
         print(f"[doctor] error: {err}", file=sys.stderr)
         return 1
     results = run_doctor(cfg, cache, echo=lambda line: print(line, flush=True))

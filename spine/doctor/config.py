@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spine.config import require_range
+from spine.device import check_device
+
 CHECKS = ("label_positions", "level_order", "left_right", "input_fidelity", "slice_order", "labels", "learn",
           "throughput")
 STAGE_NAMES = ("landmarks", "grading")
@@ -29,7 +32,7 @@ class DoctorConfig:
     data_dir: str = ""  # RSNA-layout folder with the DICOM; empty: the data_dir recorded in the cache's cache.json
     labels: str = ""  # train.csv; empty: <data_dir>/train.csv
     seed: int = 0  # which studies are drawn and re-derived
-    device: str = "auto"  # learn and throughput: auto (cuda if available) | cpu | cuda | cuda:N
+    device: str = "auto"  # learn and throughput: auto (cuda if available) | cpu | cuda | cuda:N | mps
 
     # ---- label points on their images (label_positions, level_order, left_right)
     image_studies: int = 3  # random studies per series type whose label points are drawn (DICOM | cache) as PNGs
@@ -76,11 +79,14 @@ class DoctorConfig:
             raise ValueError(f"stage must be one of {', '.join(STAGE_NAMES)}, got {self.stage!r}")
         if len(self.level_spacing_mm) != 2 or not 0 <= self.level_spacing_mm[0] < self.level_spacing_mm[1]:
             raise ValueError(f"level_spacing_mm must be [low, high] with 0 <= low < high, got {self.level_spacing_mm}")
-        if min(self.image_studies, self.dicom_studies, self.fidelity_series) < 0:
-            raise ValueError("image_studies, dicom_studies and fidelity_series must be >= 0")
-        if self.learn_studies < 1 or self.learn_steps < 1 or self.throughput_batches < 1 or self.throughput_steps < 1:
-            raise ValueError("learn_studies, learn_steps, throughput_batches and throughput_steps must be >= 1")
+        require_range(self, "image_studies dicom_studies fidelity_series", 0)
+        require_range(self, "learn_studies learn_steps throughput_batches throughput_steps", 1)
         if not 0 < self.learn_max_ratio <= self.learn_warn_ratio:
             raise ValueError("learn thresholds need 0 < learn_max_ratio <= learn_warn_ratio")
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        require_range(self, "max_bad_study_fraction max_quantised_fraction max_clipped_fraction max_missing_fraction "
+                            "fold_balance_p", 0.0, 1.0)  # shares: 20 (meaning 20 %) would pass everything
+        require_range(self, "min_headward_cos", -1.0, 1.0)
+        require_range(self, "seed world_tol_mm learn_lr", 0)
+        require_range(self, "max_fold_size_ratio", 1.0)
+        require_range(self, "learn_time_limit_s", 0.0, low_open=True)
+        check_device(self.device)  # before any data is read: one line, exit code 2

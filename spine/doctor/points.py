@@ -27,6 +27,7 @@ import pandas as pd
 
 from spine.constants import CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS, SERIES_TYPES, condition_side
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult, share_status
+from spine.preprocess.coordinates import UNRESOLVED_CSV, label_defect
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +66,16 @@ def position_errors(coords: pd.DataFrame, tables: Mapping) -> pd.DataFrame:
         for index in rows:
             n = position[index]
             row = coords.loc[index]
+            world = np.array([row.world_x, row.world_y, row.world_z], dtype=np.float64)
+            if not np.isfinite(world).all():
+                problem[n] = f"no world position in the cache ({UNRESOLVED_CSV} says why)"
+                continue
             if table is None:
                 problem[n] = f"series {series} has no instance geometry"
                 continue
             geometry = table.get(int(row.instance_number))
             if geometry is None:
                 problem[n] = f"instance {int(row.instance_number)} not in series {series}"
-                continue
-            world = np.array([row.world_x, row.world_y, row.world_z], dtype=np.float64)
-            if not np.isfinite(world).all():
-                problem[n] = "no world position in the cache"
                 continue
             error[n] = float(np.linalg.norm(geometry.pixel_to_world(float(row.x), float(row.y)) - world))
     return pd.DataFrame({"study_id": coords.study_id.to_numpy(), "series_id": coords.series_id.to_numpy(),
@@ -290,10 +291,13 @@ def check_label_positions(ctx) -> CheckResult:
         why = r.problem or f"voxel {r.error_mm:.2f} mm in-plane, {r.slice_error:.2f} slices from the world position"
         details.append(f"study {r.study_id} series {r.series_id} instance {r.instance_number} (cached voxel): {why}")
 
-    unresolved = _unresolved(cache.root)
+    unresolved, defects = _unresolved(cache.root)
     if unresolved:
         notes.append(f"{unresolved} label coordinate(s) without a position in the cache "
                      f"(coordinates_unresolved.csv)")
+    for r in defects.head(_MAX_LISTED).itertuples():
+        details.append(f"line {r.line} of train_label_coordinates.csv (study {r.study_id} series {r.series_id} "
+                       f"instance {r.instance_number}): {r.reason}")
     figures = []
     for study, series in drawn:
         key = (study, series)
@@ -309,13 +313,16 @@ def check_label_positions(ctx) -> CheckResult:
             notes.append(f"figure of series {study}/{series} failed: {type(err).__name__}: {err}")
 
     n_bad = len(set(bad_record.index) | set(bad_dicom.index) | set(bad_voxel.index))
-    status = FAIL if n_bad else (WARN if notes else PASS)
+    status = FAIL if n_bad or len(defects) else (WARN if notes else PASS)
     worst_mm = float(np.nanmax(np.concatenate([by_record.error_mm.to_numpy(), by_dicom.error_mm.to_numpy(),
                                                [0.0]])))
     if n_bad:
         summary = (f"{n_bad} of {len(coords)} label points disagree with their DICOM pixel or voxel "
                    f"(tolerance {tol:g} mm): {len(bad_record)} by the cache record, {len(bad_dicom)} by the DICOM "
                    f"of {len({k[0] for k in dicom_tables})} studies, {len(bad_voxel)} by the cached voxel")
+    elif len(defects):
+        summary = (f"{len(defects)} label point(s) that cannot be placed (an ambiguous InstanceNumber, off the "
+                   f"image, an unknown condition or level), listed in {UNRESOLVED_CSV}")
     else:
         summary = (f"{len(coords)} label points: world position re-derived from the DICOM pixel within {tol:g} mm "
                    f"(max {worst_mm:.3f} mm; {len(by_dicom)} from the DICOM files of "
@@ -326,17 +333,22 @@ def check_label_positions(ctx) -> CheckResult:
     numbers = {"points": len(coords), "bad_points": n_bad, "max_error_mm": worst_mm,
                "record_bad": len(bad_record), "dicom_checked": len(by_dicom), "dicom_bad": len(bad_dicom),
                "dicom_studies": sorted({k[0] for k in dicom_tables}), "voxel_bad": len(bad_voxel),
-               "unresolved": unresolved, "notes": notes,
+               "unresolved": unresolved, "label_defects": len(defects), "notes": notes,
                "bad": pd.concat([bad_record.assign(source="record"), bad_dicom.assign(source="dicom")])}
     return CheckResult("label_positions", status, summary, details + notes, numbers, figures)
 
 
-def _unresolved(root: Path) -> int:
-    path = Path(root) / "coordinates_unresolved.csv"
+def _unresolved(root: Path) -> tuple[int, pd.DataFrame]:
+    """(how many label points coordinates_unresolved.csv lists, those whose label itself is wrong)."""
+    path = Path(root) / UNRESOLVED_CSV
     try:
-        return len(pd.read_csv(path)) if path.is_file() else 0
-    except (pd.errors.EmptyDataError, OSError):
-        return 0
+        frame = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError) as err:
+        log.warning("%s not readable: %s", path, err)
+        frame = pd.DataFrame()
+    if frame.empty or "reason" not in frame.columns:
+        return len(frame), frame.iloc[0:0]
+    return len(frame), frame[[label_defect(r) for r in frame.reason]]
 
 
 def _slug(text: str) -> str:

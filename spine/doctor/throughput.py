@@ -30,11 +30,13 @@ def loader_rate(dataset, batch_size: int, workers: int, n_batches: int, *, pin_m
     ``first_s`` (the first batch), ``batch`` (the first batch)."""
     from torch.utils.data import DataLoader, RandomSampler
 
+    from spine.procs import WorkerInit
     from spine.train.engine import EpochSampler
 
     sampler = EpochSampler(RandomSampler(dataset, replacement=True, num_samples=batch_size * (n_batches + 1)))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        persistent_workers=False, pin_memory=pin_memory)
+                        persistent_workers=False, pin_memory=pin_memory,
+                        worker_init_fn=WorkerInit() if workers > 0 else None)  # workers end with the command
     started = time.perf_counter()
     batches = iter(loader)
     first = next(batches)

@@ -61,6 +61,8 @@ class SkippedFile:
     path: str
     reason: str
     frame: int | None = None  # 0-based frame number inside a multi-frame file, None for the whole file
+    instance_number: int | None = None  # set for a readable frame left out (a duplicate position)
+    ipp: tuple[float, float, float] | None = None  # LPS mm, ImagePositionPatient of that frame
 
 
 @dataclass
@@ -320,7 +322,8 @@ def _stacks_of_group(group: list[_Frame], skipped: list[SkippedFile], rescale: b
             skipped.append(SkippedFile(extra.path, f"duplicate position: {len(position)} frames at "
                                        f"{float(extra.ipp @ n):.3f} mm along the normal where the other "
                                        f"positions have {n_volumes}; kept the first by InstanceNumber",
-                                       extra.frame if extra.multiframe else None))
+                                       extra.frame if extra.multiframe else None, extra.instance_number,
+                                       tuple(float(v) for v in extra.ipp)))
     stacks = []
     for v in range(n_volumes):
         chosen = [position[v] for position in positions]

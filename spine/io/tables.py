@@ -7,8 +7,10 @@
   (identical repeated rows are kept once with a warning, differing ones refused).
 - `read_listing`: a ``*_series_descriptions.csv``; rows whose ids are not integers are skipped with a reason
   (`Listing.skipped`), descriptions are mapped to their series type (`spine.constants.canonical_description`).
-- `read_coordinates`: ``train_label_coordinates.csv``; rows with a non-integer id or instance number or a
-  non-numeric x / y are set aside with a reason.
+- `read_coordinates`: ``train_label_coordinates.csv``; rows with a non-integer id or instance number, a
+  non-numeric x / y, or a condition or level that names none of the competition's are set aside with a reason;
+  unambiguous variants of the names (case, spaces, ``L1-L2``, ``spinal_canal_stenosis``) are mapped to the
+  competition's spelling, with a warning.
 
 Skipped rows name their line in the file (the header is line 1).
 """
@@ -25,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine.constants import canonical_description, series_type
+from spine.constants import (CONDITION_NAMES, LEVEL_NAMES, canonical_condition, canonical_description,
+                             canonical_level, series_type)
+from spine.errors import InputError
 from spine.metric import labels_to_long
 
 __all__ = ["COORDINATE_INPUT_COLUMNS", "LISTING_COLUMNS", "Listing", "TableError", "read_coordinates",
@@ -43,8 +47,8 @@ _LISTING_SERIES_COLUMNS = ["study_id", "series_id", "description", "written", "l
 _SKIPPED_COLUMNS = ["line", "study_id", "series_id", "reason"]
 
 
-class TableError(ValueError):
-    """A table that cannot be used at all; the message is one line naming the file and why."""
+class TableError(InputError, ValueError):
+    """A table that cannot be used at all; the message is one line naming the file and why (exit code 2)."""
 
 
 def _one_line(text: object, limit: int = 200) -> str:
@@ -121,13 +125,15 @@ def _id_problem(name: str, value: object) -> str:
 def read_train_labels(path: str | Path) -> pd.DataFrame:
     """train.csv with ``study_id`` as int64, one row per study, every label column a grade or empty.
 
-    Raises `TableError` (one line) for an unreadable file, a missing label column, a grade not in
-    ``SEVERITIES``, a study id that is not an integer, or a study listed in several differing rows. Repeated
+    Raises `TableError` (one line) for an unreadable or empty file (no header, or a header only), a missing
+    label column, a grade not in ``SEVERITIES``, a study id that is not an integer, or a study listed in several differing rows. Repeated
     identical rows are kept once, with a warning.
     """
     path = Path(path)
     frame = read_csv_checked(path, "train labels")
     _require_columns(frame, ("study_id",), "train labels", path)
+    if frame.empty:
+        raise TableError(f"train labels {path}: no study, only a header: nothing to train on")
     ids = [_as_int(v) for v in frame["study_id"]]
     bad = [f"line {line}: {_id_problem('study_id', v)}" for line, v, i in zip(range(2, len(ids) + 2),
                                                                                 frame["study_id"], ids) if i is None]
@@ -266,6 +272,7 @@ def read_coordinates(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         good[column] = np.asarray([_as_int(v) for v in good[column]], dtype=np.int64)
     for column in ("x", "y"):
         good[column] = pd.to_numeric(good[column].str.strip())
+    _spell_names(good, path)
     if len(rejected):
         log.warning("label coordinates %s: %d row(s) set aside (first: line %d, %s)", path, len(rejected),
                     rejected.line.iloc[0], rejected.reason.iloc[0])
@@ -277,4 +284,20 @@ def _coordinate_problem(row) -> str | None:
                 if _as_int(getattr(row, name)) is None]
     problems += [f"{name} {_quoted(getattr(row, name))} is not a number" for name in ("x", "y")
                  if _as_float(getattr(row, name)) is None]
+    if canonical_condition(row.condition) is None:
+        problems.append(f"unknown condition {_quoted(row.condition)} (conditions: {', '.join(CONDITION_NAMES)})")
+    if canonical_level(row.level) is None:
+        problems.append(f"unknown level {_quoted(row.level)} (levels: {', '.join(LEVEL_NAMES)})")
     return "; ".join(problems) or None
+
+
+def _spell_names(rows: pd.DataFrame, path: Path) -> None:
+    """Write the usable rows' condition and level in the competition's spelling (in place), warning once per
+    variant met."""
+    for column, canonical in (("condition", canonical_condition), ("level", canonical_level)):
+        written = rows[column].tolist()
+        spelled = [canonical(text) for text in written]
+        variants = Counter((w, s) for w, s in zip(written, spelled) if w != s)
+        for (text, name), count in variants.items():
+            log.warning("label coordinates %s: %s %r read as %r (%d row(s))", path, column, text, name, count)
+        rows[column] = spelled

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from spine.config import compose_or_exit
+from spine.errors import command
 
 USAGE = __doc__.split("\n\n")[1].rstrip()
 BUILD_HELP = """python -m spine.kaggle build: the two Kaggle datasets and the notebook of an offline submission.
@@ -26,6 +27,7 @@ split of data_dir), checks that spine and the bundled wheels were installed from
 submission against the test labels. docs/kaggle.md, "Self-test"."""
 
 
+@command("kaggle")
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):

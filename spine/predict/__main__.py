@@ -15,22 +15,19 @@ from __future__ import annotations
 import sys
 
 from spine.config import compose_or_code
+from spine.errors import command
 from spine.predict.config import PredictConfig
 
 
+@command("predict")
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     cfg = compose_or_code("predict", args, PredictConfig, __doc__, prog="spine-predict")
     if isinstance(cfg, int):
         return cfg
     from spine.predict.run import predict  # torch and friends only once the config is valid
-    from spine.predict.study import PredictError
 
-    try:
-        predict(cfg)
-    except PredictError as err:
-        print(f"[predict] error: {err}", file=sys.stderr)
-        return 1
+    predict(cfg)  # a PredictError (nothing can be predicted) is one line, exit code 1 (spine.errors.command)
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spine.device import check_device
+
 SPLITS = ("test", "train")
 AMP = ("bf16", "fp16", "none")
 
@@ -16,7 +18,7 @@ class PredictConfig:
     runs: list[str] = field(default_factory=list)
     out: str = "submission.csv"  # written atomically
     split: str = "test"  # which <split>_series_descriptions.csv / <split>_images to predict
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N | mps; one this machine has
     amp: str = "bf16"  # bf16 | fp16 | none; CUDA only
     tta: bool = False  # also the left-right mirrored inputs (left/right outputs swapped back), averaged
     batch_size: int = 32  # crops per forward pass of a grading model
@@ -34,5 +36,4 @@ class PredictConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)  # before any data is read: one line, exit code 2

@@ -71,10 +71,19 @@ def unlisted_series(study_dir: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     if not study_dir.is_dir():
         return out
-    folders = sorted((p for p in study_dir.iterdir() if p.is_dir()),
-                     key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    try:
+        folders = sorted((p for p in study_dir.iterdir() if p.is_dir()),
+                         key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    except OSError as exc:  # an unreadable study folder: the study gets the priors, with a reason in the log
+        log.warning(f"{study_dir} cannot be listed ({exc}): its series are unknown")
+        return out
     for folder in folders:
-        for path in sorted(folder.iterdir())[:5]:
+        try:
+            files = sorted(folder.iterdir())[:5]
+        except OSError as exc:
+            log.warning(f"{folder} cannot be listed ({exc}): skipped")
+            continue
+        for path in files:
             try:
                 description = series_type(str(pydicom.dcmread(path, stop_before_pixels=True).get(
                     "SeriesDescription", "")))

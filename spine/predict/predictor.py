@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from spine.predict.landmarks import run_points
 from spine.predict.runs import Run, load_run, resolve_device
 from spine.predict.study import Issue, PredictError, StudyInfo, finalise, first_lines, study_frame
 from spine.predict.volumes import load_volumes, open_cache
+from spine.preprocess.cache import CacheError
 
 __all__ = ["INSIDE_MARGIN_MM", "Predictor"]
 
@@ -43,6 +45,29 @@ log = logging.getLogger(__name__)
 
 class _Fatal(Exception):
     """No model answer for this study (the issue is already recorded)."""
+
+
+def _usable_cache(cache_dir: str, options: dict) -> str | None:
+    """``cache_dir`` when its cache can serve the runs' volumes, else None with one logged warning that names the
+    file and why (the volumes are then read from DICOM: the cache is optional, every row is still written).
+
+    A ``cache_dir`` that does not exist is a PredictError (a mistyped path, said before any work). A cache that
+    cannot be opened or whose series.csv cannot be read (damaged, another cache version, several caches to
+    choose from), or that was made with other stack options than the runs' training cache, is dropped.
+    """
+    if not Path(cache_dir).exists():
+        raise PredictError(f"cache_dir={cache_dir} does not exist (leave it out to read every study from DICOM)")
+    try:
+        cache = open_cache(cache_dir)
+        cache.series  # noqa: B018 - read and checked here once, not in every worker and study
+    except (CacheError, OSError, ValueError) as exc:  # CacheError names the file; OSError: permissions and such
+        log.warning(f"cache_dir={cache_dir} is not used, every volume is read from DICOM: {first_lines(exc, 400)}")
+        return None
+    if cache.volume_options() != options:
+        log.warning(f"cache_dir={cache_dir} was made with {cache.volume_options()}, the runs' cache with "
+                    f"{options}: volumes are built from DICOM")
+        return None
+    return cache_dir
 
 
 class Predictor:
@@ -71,16 +96,7 @@ class Predictor:
         if other:
             log.warning(f"runs {', '.join(other)} were trained on a cache with another min_slices; volumes keep "
                         f"the stacks of {runs[0].path.name}'s ({self.volume_options})")
-        self.cache_dir = str(cache_dir) if cache_dir else None
-        if self.cache_dir:
-            try:
-                cache = open_cache(self.cache_dir)
-            except Exception as exc:  # noqa: BLE001
-                raise PredictError(f"cache_dir={cache_dir}: {exc}") from None
-            if cache.volume_options() != self.volume_options:
-                log.warning(f"cache_dir={cache_dir} was made with {cache.volume_options()}, the runs' cache with "
-                            f"{self.volume_options}: volumes are built from DICOM")
-                self.cache_dir = None
+        self.cache_dir = _usable_cache(str(cache_dir), self.volume_options) if cache_dir else None
         self._decoders = [LandmarkDecoder.from_stage(run.cfg.stage) for run in landmark_runs]
         priors = [r.priors for r in grading_runs if r.priors is not None]
         self.priors = np.mean(priors, axis=0) if priors else np.full((len(LABEL_COLUMNS), len(PROB_COLUMNS)),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spine.config import ConfigError
 from spine.constants import PROB_COLUMNS
 from spine.predict.listing import read_listing_notes, row_order, unlisted_series
 from spine.predict.predictor import Predictor
@@ -24,7 +25,7 @@ from spine.predict.study import LOG_COLUMNS, Issue, StudyInfo, finalise
 from spine.predict.volumes import iterate_volumes
 from spine.progress import progress
 
-__all__ = ["log_path", "predict"]
+__all__ = ["check_output", "log_path", "predict"]
 
 PROJECT_STUDIES = 720  # the summary projects the run time to this many studies (a Kaggle test set)
 
@@ -44,9 +45,12 @@ def predict(cfg) -> dict:
 
     Returns the summary (also printed as one line): studies, ok, fallback, priors (studies answered without a
     model), reasons (issue kind -> studies), seconds_per_study, projected_hours (for 720 studies), rows, out,
-    log. Raises PredictError for an unusable configuration; never for a study's content.
+    log. Raises ConfigError for an output path that cannot be written (checked before any work), PredictError
+    for an unusable configuration; never for a study's content.
     """
     started = time.perf_counter()
+    check_output(Path(cfg.out), "out")
+    check_output(log_path(cfg), "log")
     data_dir = Path(cfg.data_dir)
     studies, series, notes = read_listing_notes(data_dir, cfg.split)
     sample = data_dir / "sample_submission.csv" if cfg.split == "test" else None
@@ -96,6 +100,22 @@ def predict(cfg) -> dict:
     out.insert(0, "row_id", rows)
     _write_atomic(out, Path(cfg.out))
     return _summary(infos, setup_s, time.perf_counter() - loop_started, Path(cfg.out), study_log, len(out), predictor)
+
+
+def check_output(path: Path, key: str) -> None:
+    """Raise ConfigError (exit code 2) unless a file can be written at ``path`` (the value of ``key``): not an
+    existing folder, and its nearest existing ancestor a writable folder (the missing ones are created then).
+    Creates nothing: it runs before any work, so that a bad path never costs a whole prediction."""
+    if path.is_dir():
+        raise ConfigError(f"{key}={path} is a folder: name the file to write, e.g. {key}={path / 'submission.csv'}"
+                          if key == "out" else f"{key}={path} is a folder: name the file to write")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{key}={path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: {ancestor} is not writable")
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:

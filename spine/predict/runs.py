@@ -16,15 +16,14 @@ import numpy as np
 import torch
 
 from spine.calibrate import Calibration
-from spine.config import ConfigError
 from spine.data.views import ViewSet
 from spine.data.volume import SeriesVolume
 from spine.models import create_model
 from spine.predict.study import PredictError, first_lines
 from spine.preprocess.cache import volume_options
 from spine.run_config import TrainConfig
-from spine.run_folder import (CALIBRATION_JSON, MODEL_WEIGHTS, PRIORS_JSON, fold_dirs, load_run_config,
-                              missing_model_files, read_cache_info, read_calibration, read_model_json, read_priors)
+from spine.run_folder import (MODEL_WEIGHTS, RunFolderError, fold_dirs, load_run_config, missing_model_files,
+                              read_cache_info, read_calibration, read_model_json, read_priors)
 
 __all__ = ["Run", "load_run"]
 
@@ -80,15 +79,14 @@ class Run:
 def load_run(path, device) -> Run:
     """Read a run folder and build its finished fold models on ``device`` (eval mode).
 
-    Raises PredictError when the folder is not a usable run (no config.yaml, unknown stage, no finished fold).
+    Raises PredictError when the folder is not a usable run (it does not exist, no finished fold, a fold's
+    model cannot be built), RunFolderError when one of its files is missing or damaged (config.yaml, cache.json,
+    model.json, calibration.json: the message names the file).
     """
     path = Path(path)
     if not path.is_dir():
         raise PredictError(f"run folder {path} does not exist")
-    try:
-        cfg = load_run_config(path)
-    except (FileNotFoundError, ConfigError) as err:
-        raise PredictError(str(err)) from None
+    cfg = load_run_config(path)
     info = read_cache_info(path)
     if info is None:
         log.warning(f"{path}: no cache.json; volumes are built with the default preprocessing options")
@@ -99,8 +97,8 @@ def load_run(path, device) -> Run:
         if missing:
             log.warning(f"{fold}: unfinished fold (no {missing[0]}), skipped")
             continue
+        name, kwargs = read_model_json(fold)
         try:
-            name, kwargs = read_model_json(fold)
             model = create_model(name, weights=fold / MODEL_WEIGHTS, **kwargs)
         except Exception as err:  # noqa: BLE001 - a broken fold is a configuration problem
             raise PredictError(f"{fold}: cannot build the model: {first_lines(err)}") from None
@@ -110,10 +108,7 @@ def load_run(path, device) -> Run:
         raise PredictError(f"run {path} has no finished fold (no fold*/{MODEL_WEIGHTS})")
     run = Run(path, cfg, params, models, folds)
     if run.stage == "grading":
-        try:
-            run.calibration = read_calibration(path)
-        except (ValueError, KeyError) as err:
-            raise PredictError(f"{path / CALIBRATION_JSON}: {err}") from None
+        run.calibration = read_calibration(path)  # a damaged one: RunFolderError (uncalibrated would be wrong)
         if run.calibration is None:
             log.warning(f"{path}: no calibration.json, probabilities are used uncalibrated")
         run.priors = _priors(path)
@@ -124,8 +119,8 @@ def _priors(path: Path) -> np.ndarray | None:
     """The grading run's priors (`read_priors`), None with a warning when absent or unusable."""
     try:
         priors = read_priors(path)
-    except (ValueError, KeyError, TypeError, IndexError) as err:  # json.JSONDecodeError is a ValueError
-        log.warning(f"{path / PRIORS_JSON}: unusable ({first_lines(err)}), ignored")
+    except RunFolderError as err:  # only the fallback answer of studies without a model answer: uniform instead
+        log.warning(f"{first_lines(err, 300)}; ignored")
         return None
     if priors is None:
         log.warning(f"{path}: no priors.json")

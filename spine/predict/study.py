@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import PROB_COLUMNS, study_row_ids
+from spine.errors import SpineError
 
 __all__ = ["FLOOR", "LOG_COLUMNS", "Issue", "PredictError", "StudyInfo", "finalise", "first_lines", "study_frame"]
 
@@ -18,7 +19,7 @@ FLOOR = 1e-6  # every written probability lies in [FLOOR, 1]
 LOG_COLUMNS = ["study_id", "status", "answer", "reason", "seconds"]
 
 
-class PredictError(ValueError):
+class PredictError(SpineError, ValueError):
     """A configuration that cannot predict anything (no runs, a run without models, no listing)."""
 
 

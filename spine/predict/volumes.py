@@ -116,7 +116,7 @@ def _from_cache(cache: Cache, study_id: int, description: str, issues: list[Issu
         ids = cache.series_of(study_id, description)
         return cache.load_volume(study_id, ids[0]) if ids else None
     except Exception as exc:  # noqa: BLE001 - a bad cache entry only costs speed: fall back to the DICOM files
-        issues.append(Issue("cache unusable", f"{description}: {first_lines(exc)}", "note"))
+        issues.append(Issue("cache unusable", f"{description}: {first_lines(exc, 400)}", "note"))  # names the file
         return None
 
 
@@ -170,15 +170,15 @@ def iterate_volumes(studies: list[int], series: dict, descriptions: Sequence[str
 
 
 def _cached_studies(cache_root: str | None) -> set[int]:
-    """The studies with ok series in the cache at ``cache_root`` (none without one, or if it cannot be opened:
-    `load_volumes` then reports why)."""
+    """The studies with ok series in the cache at ``cache_root`` (none without one, or if it or its series.csv
+    cannot be read: `load_volumes` then reports why, and reads the DICOM)."""
     if not cache_root:
         return set()
     try:
-        cache = open_cache(cache_root)
+        series = open_cache(cache_root).series
     except Exception:  # noqa: BLE001 - reported per study by load_volumes
         return set()
-    return {int(s) for s in cache.series.study_id[cache.series.status == "ok"]}
+    return {int(s) for s in series.study_id[series.status == "ok"]}
 
 
 def _load_here(study: int, series: dict, args: tuple) -> tuple[int, dict, list[Issue], float]:

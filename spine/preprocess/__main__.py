@@ -6,31 +6,26 @@ with series.csv, coordinates.csv (the label points as DICOM pixel, world LPS mm,
 folds.csv. A re-run skips complete series and a killed run resumes; a broken series is recorded with its
 reason and the rest goes on. docs/preprocess.md.
 
-Exit codes: 0 when at least one series has a volume, 1 when nothing could be processed or train.csv /
-train_label_coordinates.csv cannot be used (one line says why), 2 for a bad config.
+Exit codes: 0 when at least one series has a volume, 1 when nothing could be processed or another run holds
+the cache, 2 for bad input: a bad config, or a train.csv / train_label_coordinates.csv that cannot be used (one
+line says why).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from spine.config import compose_or_exit
-from spine.io.tables import TableError
+from spine.errors import command
 from spine.preprocess.config import PreprocessConfig
 
-log = logging.getLogger("spine.preprocess")
 
-
+@command("preprocess")
 def main(argv: list[str] | None = None) -> int:
     cfg = compose_or_exit("preprocess", sys.argv[1:] if argv is None else argv, PreprocessConfig, __doc__)
     from spine.preprocess.run import run  # after the config: a typo or --help answers without the DICOM stack
 
-    try:
-        return run(cfg).exit_code
-    except TableError as err:
-        log.error("%s", err)  # [preprocess] error: ... (spine.logs, set up by compose_or_exit)
-        return 1
+    return run(cfg).exit_code  # a table that cannot be used: one line, exit code 2 (spine.errors.command)
 
 
 if __name__ == "__main__":

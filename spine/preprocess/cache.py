@@ -35,14 +35,16 @@ import nibabel as nib
 
 from spine.constants import series_type
 from spine.data.volume import SeriesVolume
+from spine.errors import SpineError, one_line
 from spine.io.dicom import DicomStack
 from spine.preprocess.config import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 
 __all__ = ["CACHE_VERSION", "Cache", "CacheError", "cache_id", "cache_params", "format_triple", "parse_triple",
            "read_stack", "stack_record", "volume_options", "write_stack"]
 
-CACHE_VERSION = 5  # 2: grid never finer than acquired; 3: other-orientation and overlapped stacks left out;
-# 4: interleaved stacks of two slice sizes merged into one; 5: the acquired stacks, no resampling
+CACHE_VERSION = 6  # 2: grid never finer than acquired; 3: other-orientation and overlapped stacks left out;
+# 4: interleaved stacks of two slice sizes merged into one; 5: the acquired stacks, no resampling; 6: label points
+# on an ambiguous InstanceNumber, off their image or with an unknown condition / level name left unresolved
 CACHE_PREFIX = "stacks"  # every series is kept as its acquired stacks
 SERIES_COLUMNS = ["split", "study_id", "series_id", "description", "status", "reason", "n_stacks",
                   "n_slices", "n_skipped_files", "orig_shape", "orig_spacing", "shape", "spacing", "dtype",
@@ -50,6 +52,8 @@ SERIES_COLUMNS = ["split", "study_id", "series_id", "description", "status", "re
 COORDINATE_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y",
                       "world_x", "world_y", "world_z", "stack", "voxel_i", "voxel_j", "voxel_k"]
 FOLD_COLUMNS = ["study_id", "fold"]
+_SERIES_READ = ("split", "study_id", "series_id", "description", "status", "reason", "n_stacks", "n_slices",
+                "n_skipped_files")  # the columns of series.csv that readers use
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -187,16 +191,37 @@ def range_key(percentiles) -> str:
     return ",".join(f"{float(p):g}" for p in percentiles)
 
 
-def read_stack(root: Path, folder: Path, record: dict) -> DicomStack:
+def read_stack(root: Path, folder: Path, record: dict, repair: str = "") -> DicomStack:
     """A cached stack, its pixels memory-mapped read-only ([k, j, i] view of the NIfTI's [i, j, k]); its slice
-    positions are its own copy of the record's (IPP, LPS mm)."""
-    image = nib.load(Path(folder) / record["file"], mmap="r")
-    pixels = np.asanyarray(image.dataobj).T
+    positions are its own copy of the record's (IPP, LPS mm).
+
+    Raises:
+        CacheError: the stack file is missing, cut short or not the record's shape; the message names the file
+            and ends with ``repair`` (how to rebuild it; `Cache.repair_hint`), or a generic hint without one.
+    """
+    path = Path(folder) / record["file"]
+    repair = repair or f"rebuild it with python -m spine.preprocess (same data_dir and cache_dir as {root})"
+    try:
+        image = nib.load(path, mmap="r")
+        pixels = np.asanyarray(image.dataobj).T  # nibabel checks the file holds every voxel of its header
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as err:  # cut short, missing, not a NIfTI
+        raise CacheError(f"damaged cached stack {path}: {_stack_damage(err)}; {repair}") from err
     if list(pixels.shape[::-1]) != list(record["shape_ijk"]):
-        raise CacheError(f"{Path(folder) / record['file']} holds {pixels.shape[::-1]} voxels, its record "
-                         f"{record['shape_ijk']}: rebuild the series with python -m spine.preprocess overwrite=true")
+        raise CacheError(f"damaged cached stack {path}: {list(pixels.shape[::-1])} voxels, its record says "
+                         f"{record['shape_ijk']}; {repair}")
     return DicomStack.from_slices(pixels, np.array(record["ipp"], dtype=np.float64), record["r"], record["c"],
                                   record["pixel_spacing"], record["instance_numbers"], record.get("slice_thickness"))
+
+
+def _stack_damage(err: Exception) -> str:
+    """Why a stack file could not be mapped, in a few words (nibabel's message names the file again)."""
+    if isinstance(err, FileNotFoundError):
+        return "missing"
+    text = one_line(err, 200)
+    if text.startswith("Expected ") and " bytes, got " in text:  # nibabel: the file is shorter than its header says
+        expected, got = text.split(" bytes, got ", 1)
+        return f"cut short ({got.split(' bytes', 1)[0]} of {expected.removeprefix('Expected ')} voxel bytes)"
+    return f"{type(err).__name__}: {text}"
 
 
 def write_text(text: str, path: Path) -> None:
@@ -217,8 +242,9 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 # -------------------------------------------------------------------------------------------- reader
 
 
-class CacheError(FileNotFoundError):
-    """No usable cache: none, several to choose from, or one made by another cache version."""
+class CacheError(SpineError, FileNotFoundError):
+    """No usable cache: none, several to choose from, one made by another cache version, or a damaged one (a
+    table, a record or a stack file that cannot be read: the message names the file and how to rebuild it)."""
 
 
 def _version_of(root: Path) -> int | None:
@@ -251,7 +277,13 @@ class Cache:
             raise FileNotFoundError(f"{self.root} is not a preprocessing cache (no series.csv)")
         self.cache_id = self.root.name
         info = self.root / "cache.json"
-        self.info: dict = json.loads(info.read_text()) if info.is_file() else {}
+        try:
+            self.info: dict = json.loads(info.read_text()) if info.is_file() else {}
+        except (OSError, ValueError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise CacheError(f"damaged cache file {info}: {type(err).__name__}: {one_line(err, 160)}; "
+                             f"{self.repair_hint()}") from err
+        if not isinstance(self.info, dict):
+            raise CacheError(f"damaged cache file {info}: not a JSON object; {self.repair_hint()}")
         self._volume_records: dict[tuple[int, int], dict] = {}  # (study, series) -> `_volume_record`
 
     @classmethod
@@ -273,11 +305,14 @@ class Cache:
 
     @classmethod
     def _checked(cls, root: Path) -> Cache:
+        cache = cls(root)  # a cache.json that is not a JSON object: CacheError naming it
         version = _version_of(root)
+        if version is None and cache.info:
+            raise CacheError(f"damaged cache file {root / 'cache.json'}: no params.version; {cache.repair_hint()}")
         if version != CACHE_VERSION:
             raise CacheError(f"{root} was made by cache version {version}, this spine reads version {CACHE_VERSION}: "
                              f"rebuild it with python -m spine.preprocess (same data_dir and options)")
-        return cls(root)
+        return cache
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
@@ -287,27 +322,70 @@ class Cache:
         state["_volume_records"] = {}  # small pickles: each process parses the records it loads
         return state
 
-    # ---- tables
+    def repair_hint(self, split: str = "all") -> str:
+        """The command that rebuilds what is damaged in this cache: preprocessing again into the same cache
+        (complete series are kept; a series whose record or stack files are damaged, or whose stack file size
+        does not match its record, is rebuilt: `spine.preprocess.job.cached_record`)."""
+        data_dir = self.info.get("data_dir") if isinstance(getattr(self, "info", None), dict) else None
+        return (f"rebuild it with python -m spine.preprocess data_dir={data_dir or '<data_dir>'} "
+                f"cache_dir={self.root.parent} split={split}")
+
+    def _table(self, name: str, columns: tuple[str, ...], **read_csv) -> pd.DataFrame:
+        """``root/name`` read by ``pd.read_csv(**read_csv)``, with ``columns`` present; CacheError naming the file
+        and what is wrong with it otherwise."""
+        path = self.root / name
+        try:
+            frame = pd.read_csv(path, **read_csv)
+        except (OSError, ValueError) as err:  # empty, not CSV, not text: pandas' errors are ValueErrors
+            raise CacheError(f"damaged cache table {path}: {type(err).__name__}: {one_line(err, 160)}; "
+                             f"remove it and {self.repair_hint()}") from err
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise CacheError(f"damaged cache table {path}: no column {', '.join(missing)}; remove it and "
+                             f"{self.repair_hint()}")
+        return frame
+
+    def _integers(self, frame: pd.DataFrame, name: str, columns: tuple[str, ...], nullable: bool) -> None:
+        """Convert text ``columns`` of table ``name`` in place to int64 (nullable Int64, empty -> <NA>, when
+        ``nullable``); CacheError naming the file, the line and the value that is not an integer."""
+        for column in columns:
+            text = frame[column].astype(str).str.strip()
+            bad = ~text.str.fullmatch(r"[+-]?\d+")
+            if nullable:
+                bad &= text != ""
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise CacheError(f"damaged cache table {self.root / name}: line {row + 2}: {column} "
+                                 f"{frame[column].iloc[row]!r} is not an integer; remove it and {self.repair_hint()}")
+            frame[column] = pd.to_numeric(text.replace("", None)).astype("Int64" if nullable else np.int64)
+
     @cached_property
     def series(self) -> pd.DataFrame:
-        """series.csv: ids int64, counts nullable Int64 (empty for series that could not be read), text otherwise."""
-        frame = pd.read_csv(self.root / "series.csv", dtype=str, keep_default_na=False)
-        for column in ("study_id", "series_id"):
-            frame[column] = frame[column].astype(np.int64)
-        for column in ("n_stacks", "n_slices", "n_skipped_files"):
-            frame[column] = pd.to_numeric(frame[column].replace("", None)).astype("Int64")
+        """series.csv: ids int64, counts nullable Int64 (empty for series that could not be read), text otherwise.
+
+        Raises:
+            CacheError: series.csv is empty, not CSV, lacks a column or holds an id or a count that is not an
+                integer (the message names the file, the line and the repair).
+        """
+        frame = self._table("series.csv", _SERIES_READ, dtype=str, keep_default_na=False)
+        self._integers(frame, "series.csv", ("study_id", "series_id"), nullable=False)
+        self._integers(frame, "series.csv", ("n_stacks", "n_slices", "n_skipped_files"), nullable=True)
         frame["description"] = [series_type(d) for d in frame["description"]]  # also caches of older runs
         return frame
 
     @cached_property
     def coordinates(self) -> pd.DataFrame:
-        path = self.root / "coordinates.csv"
-        return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COORDINATE_COLUMNS)
+        """coordinates.csv (empty without one); CacheError when it cannot be read or lacks an id column."""
+        if not (self.root / "coordinates.csv").is_file():
+            return pd.DataFrame(columns=COORDINATE_COLUMNS)
+        return self._table("coordinates.csv", ("study_id", "series_id", "condition", "level"))
 
     @cached_property
     def folds(self) -> pd.DataFrame:
-        path = self.root / "folds.csv"
-        return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FOLD_COLUMNS)
+        """folds.csv, study_id and fold (empty without one); CacheError when it cannot be read or lacks them."""
+        if not (self.root / "folds.csv").is_file():
+            return pd.DataFrame(columns=FOLD_COLUMNS)
+        return self._table("folds.csv", tuple(FOLD_COLUMNS))
 
     # ---- series
     def series_of(self, study_id: int, description: str) -> list[int]:
@@ -324,8 +402,30 @@ class Cache:
         return rows.iloc[0]
 
     def record(self, study_id: int, series_id: int) -> dict:
-        """The series' record (volumes/{study}/{series}.json): its stacks' geometry and every instance's."""
-        return json.loads(record_path(self.root, study_id, series_id).read_text())
+        """The series' record (volumes/{study}/{series}.json): its stacks' geometry and every instance's.
+
+        Raises:
+            CacheError: the record is missing, not JSON or has no ``stacks`` list (named, with the repair).
+        """
+        path = record_path(self.root, study_id, series_id)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            why = "missing" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {one_line(err, 120)}"
+            raise CacheError(f"damaged cache record {path}: {why}; "
+                             f"{self.repair_hint(self._split_of(study_id, series_id))}") from err
+        if not isinstance(record, dict) or not isinstance(record.get("stacks"), list):
+            raise CacheError(f"damaged cache record {path}: no stacks list; "
+                             f"{self.repair_hint(self._split_of(study_id, series_id))}")
+        return record
+
+    def _split_of(self, study_id: int, series_id: int) -> str:
+        """The split the series was preprocessed in (its series.csv row), ``all`` when unknown."""
+        try:
+            split = str(self.row(study_id, series_id).split)
+        except (KeyError, AttributeError, CacheError):
+            return "all"
+        return split if split in ("train", "test") else "all"
 
     def volume_options(self) -> dict:
         """Keyword arguments of `spine.preprocess.volume.make_volume` that select stacks as this cache did."""
@@ -336,10 +436,13 @@ class Cache:
 
         Raises:
             KeyError: the series has no stacks (status error) or is not in series.csv.
+            CacheError: its record or a stack file is damaged (missing, cut short, not its record's shape); the
+                message names the file and the command that rebuilds it.
         """
         record = self._volume_record(study_id, series_id)
         folder = record_path(self.root, study_id, series_id).parent
-        stacks = [read_stack(self.root, folder, r) for r in record["stacks"]]
+        repair = self.repair_hint(record["split"])
+        stacks = [read_stack(self.root, folder, r, repair) for r in record["stacks"]]
         percentiles = tuple(float(p) for p in percentiles)
         known = record["intensity_range"].get(range_key(percentiles), "unknown")
         ranges = {} if known == "unknown" else {percentiles: None if known is None else tuple(known)}
@@ -361,6 +464,7 @@ class Cache:
                 raise KeyError(f"series {study_id}/{series_id} has no stacks: {row.reason}")
             record = self.record(*key)
             kept = {"description": row.description, "notes": [n for n in str(row.reason).split("; ") if n],
+                    "split": str(row.split) if str(row.split) in ("train", "test") else "all",
                     "stacks": record["stacks"], "intensity_range": record.get("intensity_range", {}),
                     "max_gap_factor": float(self.volume_options()["max_gap_factor"])}
             self._volume_records[key] = kept

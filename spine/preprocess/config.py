@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spine.config import require_range
+
 SPLITS = ("train", "test", "all")
 
 # Defaults of the stack selection and the sampler (spine/preprocess/volume.py and spine/data/volume.py explain
@@ -28,10 +30,9 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.workers < 0 or self.min_slices < 1 or self.n_folds < 2:
-            raise ValueError("workers must be >= 0, min_slices >= 1, n_folds >= 2")
-        if self.max_gap_factor < 1:
-            raise ValueError(f"max_gap_factor must be >= 1, got {self.max_gap_factor}")
+        require_range(self, "workers fold_seed", 0)  # numpy refuses a negative seed (after every series is done)
+        require_range(self, "min_slices max_gap_factor", 1)
+        require_range(self, "n_folds", 2)
 
     @property
     def splits(self) -> tuple[str, ...]:

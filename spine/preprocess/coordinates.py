@@ -22,10 +22,17 @@ from spine.preprocess.cache import COORDINATE_COLUMNS
 from spine.preprocess.job import shorten
 from spine.preprocess.volume import InstanceGeometry
 
-__all__ = ["UNRESOLVED_CSV", "label_coordinates", "write_coordinates"]
+__all__ = ["LABEL_DEFECTS", "UNRESOLVED_CSV", "label_coordinates", "label_defect", "write_coordinates"]
 
 log = logging.getLogger(__name__)
 UNRESOLVED_CSV = "coordinates_unresolved.csv"  # label coordinates without a position, with the reason
+# reasons that say the label itself is wrong (not a series that is missing or unreadable): spine-doctor fails them
+LABEL_DEFECTS = ("ambiguous instance", "off its image", "unknown condition", "unknown level")
+
+
+def label_defect(reason: object) -> bool:
+    """Whether an unresolved point's reason says the label itself cannot be placed (`LABEL_DEFECTS`)."""
+    return isinstance(reason, str) and any(defect in reason for defect in LABEL_DEFECTS)
 
 
 def label_coordinates(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -83,15 +90,15 @@ def _resolve(labels: pd.DataFrame, records: dict[tuple[int, int], dict], listing
                 reasons[index] = why
             continue
         instances = {int(k): InstanceGeometry.from_list(v) for k, v in record.get("instances", {}).items()}
-        slices = _slices_of(record) if record["status"] == "ok" else {}
+        ambiguous = {int(k): int(v) for k, v in record.get("ambiguous_instances", {}).items()}
+        slices = _slices_of(record, set(ambiguous)) if record["status"] == "ok" else {}
         for index in rows:
             number = int(labels.at[index, "instance_number"])
-            geometry = instances.get(number)
-            if geometry is None:
-                reasons[index] = (f"instance {number} not in series {series}" if instances else
-                                  f"series {series} could not be read ({shorten(record.get('reason', ''))})")
-                continue
             x, y = float(labels.at[index, "x"]), float(labels.at[index, "y"])  # DICOM pixel: column, row
+            geometry = instances.get(number)
+            reasons[index] = _unplaced(number, int(series), record, geometry, ambiguous, x, y)
+            if reasons[index] is not None:
+                continue
             world[index] = geometry.pixel_to_world(x, y)
             if number in slices:
                 n, k = slices[number]
@@ -101,12 +108,30 @@ def _resolve(labels: pd.DataFrame, records: dict[tuple[int, int], dict], listing
     return world, stack, voxel, reasons
 
 
-def _slices_of(record: dict) -> dict[int, tuple[int, int]]:
-    """InstanceNumber -> (kept stack, slice k in it) of an ok record (first one wins)."""
+def _unplaced(number: int, series: int, record: dict, geometry: InstanceGeometry | None, ambiguous: dict[int, int],
+              x: float, y: float) -> str | None:
+    """Why a label point on instance ``number`` at DICOM pixel (x = column, y = row) gets no position (None when
+    it gets one): an InstanceNumber carried by several files at different positions names no one slice, a point
+    off its image is no click on the anatomy."""
+    if number in ambiguous:
+        return (f"ambiguous instance: InstanceNumber {number} is carried by files at {ambiguous[number]} different "
+                f"positions in series {series}; the label's slice cannot be known")
+    if geometry is None:
+        return (f"instance {number} not in series {series}" if record.get("instances") else
+                f"series {series} could not be read ({shorten(record.get('reason', ''))})")
+    if not geometry.contains(x, y):
+        return (f"off its image: DICOM pixel (x {x:g}, y {y:g}) is outside instance {number}'s {geometry.columns} "
+                f"columns x {geometry.rows} rows")
+    return None
+
+
+def _slices_of(record: dict, ambiguous: set[int]) -> dict[int, tuple[int, int]]:
+    """InstanceNumber -> (kept stack, slice k in it) of an ok record, for the numbers that are not ``ambiguous``
+    (a number at one position in several volumes, e.g. echoes: the first volume's)."""
     table: dict[int, tuple[int, int]] = {}
     for n, stack in enumerate(record.get("stacks", [])):
         for k, number in enumerate(stack["instance_numbers"]):
-            if number is not None:
+            if number is not None and int(number) not in ambiguous:
                 table.setdefault(int(number), (n, k))
     return table
 

@@ -19,7 +19,7 @@ import numpy as np
 from spine.io.dicom import DicomSeries, SeriesReadError, read_series
 from spine.preprocess import cache as layout
 from spine.preprocess.cache import format_triple
-from spine.preprocess.volume import VolumeError, instance_geometry, make_volume
+from spine.preprocess.volume import VolumeError, ambiguous_instances, instance_geometry, make_volume
 
 __all__ = ["Job", "cached_record", "crash_record", "process_series", "shorten"]
 
@@ -51,6 +51,7 @@ def process_series(job: Job) -> dict:
         layout.remove_partials(record_file.parent, job.series_id)
         series = read_series(job.series_dir)
         record["instances"] = {str(n): g.to_list() for n, g in instance_geometry(series).items()}
+        record["ambiguous_instances"] = {str(n): count for n, count in ambiguous_instances(series).items()}
         record.update(_stack_fields(series))
         read_done = time.perf_counter()
         try:
@@ -95,21 +96,28 @@ def crash_record(job: Job) -> dict:
 
 def cached_record(job: Job) -> dict | None:
     """The record of a complete series from an earlier run (same cache version and description, every stack
-    file there with its full size), else None."""
+    file there with its full size and a NIfTI-1 header of the record's shape), else None: a series whose record
+    or stack files are missing or damaged is rebuilt by the next run."""
     root = Path(job.root)
     try:
         record = json.loads(layout.record_path(root, job.study_id, job.series_id).read_text())
     except (OSError, ValueError):
         return None
-    stacks = record.get("stacks")
-    if (record.get("status") != "ok" or record.get("version") != layout.CACHE_VERSION
-            or record.get("description") != job.description or not isinstance(stacks, list) or not stacks):
+    stacks = record.get("stacks") if isinstance(record, dict) else None
+    if (not isinstance(stacks, list) or not stacks or record.get("status") != "ok"
+            or record.get("version") != layout.CACHE_VERSION or record.get("description") != job.description):
         return None
     folder = layout.record_path(root, job.study_id, job.series_id).parent
     try:
         for stack in stacks:
-            size = _NIFTI_HEADER_BYTES + int(np.prod(stack["shape_ijk"])) * np.dtype(stack["dtype"]).itemsize
-            if (folder / stack["file"]).stat().st_size != size:
+            path, shape = folder / stack["file"], [int(v) for v in stack["shape_ijk"]]
+            if path.stat().st_size != _NIFTI_HEADER_BYTES + int(np.prod(shape)) * np.dtype(stack["dtype"]).itemsize:
+                return None
+            with open(path, "rb") as handle:  # the header: sizeof_hdr 348, magic "n+1", dim[1:4] the record's
+                header = handle.read(_NIFTI_HEADER_BYTES)
+            little = header[:4] == (348).to_bytes(4, "little")
+            if (not (little or header[:4] == (348).to_bytes(4, "big")) or header[344:348] != b"n+1\0"
+                    or np.frombuffer(header[40:56], "<i2" if little else ">i2")[1:4].tolist() != shape):
                 return None
     except (OSError, KeyError, TypeError, ValueError):
         return None

@@ -33,6 +33,7 @@ from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.coordinates import UNRESOLVED_CSV, label_coordinates, write_coordinates
 from spine.preprocess.folds import make_folds
 from spine.preprocess.job import Job, cached_record
+from spine.preprocess.lock import writer_lock
 from spine.preprocess.pool import execute
 from spine.progress import progress
 
@@ -60,6 +61,7 @@ class Summary:
     message: str = ""
     n_coordinates: int | None = None  # rows of train_label_coordinates.csv (None: train split not processed)
     n_coordinates_unresolved: int = 0  # of which without a position: listed in coordinates_unresolved.csv
+    records: dict = field(default_factory=dict, repr=False)  # (study, series) -> the series' record
 
     @property
     def n_ok(self) -> int:
@@ -71,7 +73,8 @@ class Summary:
 
 
 def summary_dict(summary: Summary) -> dict:
-    return {**asdict(summary), "n_ok": summary.n_ok, "exit_code": summary.exit_code}
+    return {**{k: v for k, v in asdict(summary).items() if k != "records"}, "n_ok": summary.n_ok,
+            "exit_code": summary.exit_code}
 
 
 def list_jobs(cfg: PreprocessConfig, root: Path) -> tuple[list[Job], list[str], dict[str, Listing]]:
@@ -111,13 +114,37 @@ def run(cfg: PreprocessConfig) -> Summary:
     jobs, problems, listings = list_jobs(cfg, root)
     for problem in problems:
         log.info("%s", problem)
+    train = None
     if "train" in cfg.splits:  # a train.csv or coordinates file that cannot be used stops the run before any work
-        labels, coordinates = _train_labels(Path(cfg.data_dir)), label_coordinates(Path(cfg.data_dir))
+        train = _train_labels(Path(cfg.data_dir)), label_coordinates(Path(cfg.data_dir)), listings.get("train")
     if not jobs:
         summary.message = f"nothing to process in {cfg.data_dir} (split={cfg.split})"
         log.info("%s", summary.message)
         return summary
-    root.mkdir(parents=True, exist_ok=True)
+    with writer_lock(root):  # one writer at a time (CacheBusyError for a second one)
+        _process(cfg, jobs, root, params, summary)
+        _write_train_tables(cfg, root, train, summary)
+    summary.seconds = time.perf_counter() - started
+    _report(summary)
+    return summary
+
+
+def _write_train_tables(cfg: PreprocessConfig, root: Path, train: tuple | None, summary: Summary) -> None:
+    """coordinates.csv, coordinates_unresolved.csv and folds.csv from ``train`` = (checked train.csv or None,
+    (usable, set-aside) label coordinates, train listing); without the train split, empty tables where none are."""
+    if train is None:
+        for name, columns in (("coordinates.csv", COORDINATE_COLUMNS), ("folds.csv", FOLD_COLUMNS)):
+            if not (root / name).is_file():
+                layout.write_csv(pd.DataFrame(columns=columns), root / name)
+        return
+    labels, coordinates, listing = train
+    summary.n_coordinates = len(coordinates[0]) + len(coordinates[1])
+    summary.n_coordinates_unresolved = write_coordinates(root, *coordinates, summary.records, listing)
+    _write_folds(root, labels, Path(cfg.data_dir) / "train.csv", cfg)
+
+
+def _process(cfg: PreprocessConfig, jobs: list[Job], root: Path, params: dict, summary: Summary) -> None:
+    """Every job's record (cached or built) into ``summary.records``, and series.csv."""
     _write_cache_json(root, params, cfg)
     for study in sorted({j.study_id for j in jobs}):  # temporary files of a killed run
         layout.remove_partials(root / "volumes" / str(study))
@@ -153,18 +180,8 @@ def run(cfg: PreprocessConfig) -> Summary:
     failures = [r for r in ordered if r["status"] != "ok"]
     summary.n_errors = len(failures)
     summary.failures = [(r["study_id"], r["series_id"], r["description"], r["reason"]) for r in failures]
+    summary.records = records
     _write_series_csv(root, ordered)
-    if "train" in cfg.splits:
-        summary.n_coordinates = len(coordinates[0]) + len(coordinates[1])
-        summary.n_coordinates_unresolved = write_coordinates(root, *coordinates, records, listings.get("train"))
-        _write_folds(root, labels, Path(cfg.data_dir) / "train.csv", cfg)
-    else:
-        for name, columns in (("coordinates.csv", COORDINATE_COLUMNS), ("folds.csv", FOLD_COLUMNS)):
-            if not (root / name).is_file():
-                layout.write_csv(pd.DataFrame(columns=columns), root / name)
-    summary.seconds = time.perf_counter() - started
-    _report(summary)
-    return summary
 
 
 def _write_cache_json(root: Path, params: dict, cfg: PreprocessConfig) -> None:
@@ -180,14 +197,32 @@ def _write_series_csv(root: Path, records: list[dict]) -> None:
     """series.csv: this run's rows, plus the rows of earlier runs for series this run did not list."""
     frame = pd.DataFrame([{c: _cell(r.get(c)) for c in SERIES_COLUMNS} for r in records], columns=SERIES_COLUMNS)
     path = root / "series.csv"
-    if path.is_file():
-        old = pd.read_csv(path, keep_default_na=False, dtype=str)
-        if list(old.columns) == SERIES_COLUMNS:
-            keys = set(zip(frame.study_id, frame.series_id))
-            old = old[[key not in keys for key in zip(old.study_id, old.series_id)]]
-            frame = pd.concat([old, frame], ignore_index=True)
+    old = _earlier_series_rows(path)
+    if old is not None:
+        keys = set(zip(frame.study_id, frame.series_id))
+        old = old[[key not in keys for key in zip(old.study_id, old.series_id)]]
+        frame = pd.concat([old, frame], ignore_index=True)
     frame = frame.sort_values(["study_id", "series_id"], key=lambda s: s.astype(np.int64), kind="stable")
     layout.write_csv(frame, path)
+
+
+def _earlier_series_rows(path: Path) -> pd.DataFrame | None:
+    """The rows an earlier run wrote to series.csv, None when there is none or it is damaged (then it is rewritten
+    from this run's series, with a warning: the records of the others are still on disk)."""
+    if not path.is_file():
+        return None
+    try:
+        old = pd.read_csv(path, keep_default_na=False, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        why = f"{type(err).__name__}: {err}"
+    else:
+        ids = pd.concat([old.get("study_id", pd.Series(dtype=str)), old.get("series_id", pd.Series(dtype=str))])
+        if list(old.columns) == SERIES_COLUMNS and ids.str.fullmatch(r"\d+").all():
+            return old
+        why = "other columns or a non-integer id"
+    log.warning("%s is damaged (%s): rewritten with the series of this run; re-run the other splits to list "
+                "theirs again", path, " ".join(why.split())[:200])
+    return None
 
 
 def _cell(value) -> str:

@@ -37,12 +37,14 @@ from scipy import ndimage
 from spine.constants import series_type
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import DicomSeries, DicomStack, read_series
+from spine.io.stack import POSITION_TOL_MM
 from spine.preprocess.cache import irregular_reason
 from spine.preprocess.config import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 
 __all__ = [
     "InstanceGeometry",
     "VolumeError",
+    "ambiguous_instances",
     "instance_geometry",
     "make_volume",
     "merge_overlapping",
@@ -299,6 +301,15 @@ class InstanceGeometry:
     c: tuple[float, float, float]  # direction of increasing row (IOP[3:])
     row_spacing: float  # PixelSpacing[0]
     col_spacing: float  # PixelSpacing[1]
+    columns: int = 0  # Columns: x runs over [-0.5, columns - 0.5) on the image (0: not recorded)
+    rows: int = 0  # Rows: y runs over [-0.5, rows - 0.5)
+
+    def contains(self, x: float, y: float) -> bool:
+        """Whether DICOM pixel (x = column, y = row) lies on the image (pixel centres at integers; always True
+        when the size was not recorded)."""
+        if not (self.columns and self.rows):
+            return True
+        return -0.5 <= x <= self.columns - 0.5 and -0.5 <= y <= self.rows - 0.5
 
     def pixel_to_world(self, x, y) -> np.ndarray:
         """DICOM pixel (x = column, y = row), scalars or arrays -> LPS mm (..., 3)."""
@@ -308,25 +319,53 @@ class InstanceGeometry:
                 + y * self.row_spacing * np.array(self.c))
 
     def to_list(self) -> list[float]:
-        return [*self.ipp, *self.r, *self.c, self.row_spacing, self.col_spacing]
+        return [*self.ipp, *self.r, *self.c, self.row_spacing, self.col_spacing, self.columns, self.rows]
 
     @classmethod
     def from_list(cls, values) -> InstanceGeometry:
+        """Inverse of `to_list` (also the 11 numbers of a record written without the image size)."""
         v = [float(x) for x in values]
-        return cls(tuple(v[0:3]), tuple(v[3:6]), tuple(v[6:9]), v[9], v[10])  # type: ignore[arg-type]
+        size = (int(v[11]), int(v[12])) if len(v) >= 13 else (0, 0)
+        return cls(tuple(v[0:3]), tuple(v[3:6]), tuple(v[6:9]), v[9], v[10], *size)  # type: ignore[arg-type]
 
 
 def instance_geometry(series: DicomSeries) -> dict[int, InstanceGeometry]:
-    """InstanceNumber -> geometry of that instance, for every slice of every stack (first one wins)."""
+    """InstanceNumber -> geometry of that instance, for every slice of every stack whose InstanceNumber is not
+    ambiguous (`ambiguous_instances`: a number carried by frames at different positions names no one slice)."""
+    ambiguous = ambiguous_instances(series)
     table: dict[int, InstanceGeometry] = {}
     for stack in sorted(series.stacks, key=lambda s: s.volume_index):
         r, c = stack.direction_lps[:, 0], stack.direction_lps[:, 1]
+        rows, columns = stack.shape[1], stack.shape[2]
         for number, ipp in zip(stack.instance_numbers, stack.image_positions_lps):
-            if number is not None and int(number) not in table:
+            if number is not None and int(number) not in table and int(number) not in ambiguous:
                 table[int(number)] = InstanceGeometry(tuple(map(float, ipp)), tuple(map(float, r)),
                                                       tuple(map(float, c)), float(stack.spacing[1]),
-                                                      float(stack.spacing[0]))
+                                                      float(stack.spacing[0]), int(columns), int(rows))
     return table
+
+
+def ambiguous_instances(series: DicomSeries) -> dict[int, int]:
+    """InstanceNumber -> how many different positions carry it, for the numbers that name more than one place:
+    two files (or frames) with one InstanceNumber at positions (IPP, LPS mm) more than `POSITION_TOL_MM` apart,
+    kept or left out as duplicates. A label on such a number cannot be placed on a slice."""
+    places: dict[int, list[np.ndarray]] = {}
+    for stack in series.stacks:
+        for number, ipp in zip(stack.instance_numbers, stack.image_positions_lps):
+            if number is not None:
+                places.setdefault(int(number), []).append(np.asarray(ipp, dtype=np.float64))
+    for skipped in series.skipped:
+        if skipped.instance_number is not None and skipped.ipp is not None:
+            places.setdefault(int(skipped.instance_number), []).append(np.asarray(skipped.ipp, dtype=np.float64))
+    counts = {}
+    for number, positions in places.items():
+        distinct: list[np.ndarray] = []
+        for position in positions:
+            if all(np.linalg.norm(position - d) > POSITION_TOL_MM for d in distinct):
+                distinct.append(position)
+        if len(distinct) > 1:
+            counts[number] = len(distinct)
+    return counts
 
 
 def pixel_to_world(series: DicomSeries | dict[int, InstanceGeometry], instance_number: int, x, y) -> np.ndarray:

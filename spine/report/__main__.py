@@ -24,25 +24,23 @@ import sys
 from pathlib import Path
 
 from spine.config import compose_or_code
+from spine.errors import command
 from spine.report.config import ReportConfig
 
 REPORT_HTML = "report.html"
 log = logging.getLogger("spine.report")
 
 
+@command("report")
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     cfg = compose_or_code("report", args, ReportConfig, __doc__, prog="spine-report")
     if isinstance(cfg, int):
         return cfg
-    from spine.report.gather import ReportError, gather  # after the config: --help and typos answer without torch
+    from spine.report.gather import gather  # after the config: --help and typos answer without torch
     from spine.report.render import render
 
-    try:
-        report = gather(cfg)
-    except ReportError as err:
-        log.error("%s", err)  # [report] error: ... (spine.logs, set up by compose_or_code)
-        return 1
+    report = gather(cfg)  # a ReportError: one line, exit code 1 (spine.errors.command)
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "report"
     out.mkdir(parents=True, exist_ok=True)
     path = out / REPORT_HTML

@@ -33,10 +33,12 @@ module puts them together.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 
 from spine.constants import LEVELS
+from spine.errors import one_line
 from spine.metric import PARTS
 from spine.report import figures as F
 from spine.report.contents import Report, StudyPage
@@ -76,6 +78,15 @@ def gather(cfg) -> Report:
     return report
 
 
+def _read_csv(path: Path, **read_csv) -> tuple[pd.DataFrame | None, str]:
+    """(the table, '') or (None, why): a damaged table of the run costs its sections (listed as missing, with
+    why, on the page and on stderr), not the report."""
+    try:
+        return pd.read_csv(path, **read_csv), ""
+    except (OSError, ValueError) as err:  # pandas' EmptyDataError and ParserError are ValueErrors
+        return None, f"{path} is damaged ({type(err).__name__}: {one_line(err, 200)})"
+
+
 def _landmark_sections(report: Report, src: Sources) -> pd.DataFrame | None:
     if src.landmark_run is None:
         report.missing["landmarks"] = src.landmark_note
@@ -84,7 +95,10 @@ def _landmark_sections(report: Report, src: Sources) -> pd.DataFrame | None:
     if not path.is_file():
         report.missing["landmarks"] = f"{path} does not exist (no finished fold)"
         return None
-    predicted = pd.read_csv(path)
+    predicted, damage = _read_csv(path)
+    if predicted is None:
+        report.missing["landmarks"] = damage
+        return None
     if src.cache is None:
         report.missing["landmarks"] = f"no label points to measure the errors against: {src.cache_note}"
         return predicted
@@ -114,7 +128,11 @@ def _grading_sections(report: Report, src: Sources, landmark_oof: pd.DataFrame |
         for section in ("metrics", "plots", "calibration", "worst"):
             report.missing[section] = what
         return
-    oof = pd.read_csv(path, dtype={"row_id": str})
+    oof, damage = _read_csv(path, dtype={"row_id": str})
+    if oof is None:
+        for section in ("metrics", "plots", "calibration", "worst"):
+            report.missing[section] = damage
+        return
     try:
         scorable(oof, labels)
     except ValueError as err:

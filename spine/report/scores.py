@@ -20,7 +20,7 @@ from spine.calibrate import cross_fitted
 from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, SEVERITIES
 from spine.io.tables import read_train_labels
 from spine.metric import EPS, PARTS, score
-from spine.run_folder import read_calibration
+from spine.run_folder import RunFolderError, read_calibration
 from spine.synth.labels import oracle_probabilities
 
 __all__ = ["SCORE_COLUMNS", "calibration_scores", "grade_table", "grading_scores", "oracle_predictions",
@@ -203,7 +203,7 @@ def calibration_scores(oof: pd.DataFrame, labels: pd.DataFrame, run: Path
     calibrated = None
     try:
         calibration = read_calibration(run)
-    except (ValueError, KeyError) as err:
+    except RunFolderError as err:  # named in the message
         calibration = None
         notes.append(f"calibration.json unreadable: {err}")
     params = None

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from spine.config import ConfigError
+from spine.errors import SpineError
 from spine.io.tables import read_train_labels
 from spine.preprocess.cache import Cache, CacheError
-from spine.run_folder import load_run_config, read_cache_info
+from spine.run_folder import RunFolderError, load_run_config, read_cache_info
 
 __all__ = ["ReportError", "Sources"]
 
 
-class ReportError(Exception):
+class ReportError(SpineError):
     """The run folder cannot be reported on at all (not a run folder, unreadable config)."""
 
 
@@ -29,10 +29,10 @@ class Sources:
         self._volumes: dict = {}
         try:
             self.tcfg = load_run_config(self.run)
-        except (FileNotFoundError, ConfigError) as err:
+            self.info = read_cache_info(self.run) or {}
+        except RunFolderError as err:  # no config.yaml, or a damaged config.yaml / cache.json: named, one line
             raise ReportError(str(err)) from None
         self.stage = self.tcfg.stage.name
-        self.info = read_cache_info(self.run) or {}
         self.data_dir = self._data_dir()
         self.cache, self.cache_note = self._cache()
         self.landmark_run, self.landmark_note = self._landmark_run()
@@ -53,6 +53,7 @@ class Sources:
         for candidate in ([Path(where) / cache_id] if cache_id else []) + [Path(where)]:
             try:
                 cache = Cache.open(candidate)
+                cache.series  # noqa: B018 - a damaged series.csv is said here, once, not in every figure
             except (CacheError, FileNotFoundError, OSError) as err:
                 tried.append(str(err))
                 continue

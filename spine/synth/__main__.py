@@ -11,9 +11,11 @@ from __future__ import annotations
 import sys
 
 from spine.config import compose_or_exit
+from spine.errors import command
 from spine.synth.config import SynthConfig
 
 
+@command("synth")
 def main(argv: list[str] | None = None) -> int:
     cfg = compose_or_exit("synth", sys.argv[1:] if argv is None else argv, SynthConfig, __doc__)
     from spine.synth.generate import generate  # numpy/pydicom import only once the config is valid

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spine.config import require_pairs, require_range
+
 
 @dataclass
 class SynthConfig:
     out_dir: str = "data/synth"  # the RSNA-layout folder written
     preset: str = "small"  # recorded for the dataset card; the values come from configs/synth/preset/
     seed: int = 0  # the same seed and values give the same dataset (the same bytes)
-    n_train: int = 48  # training studies (labels and coordinates given)
-    n_test: int = 12  # test studies (labels in test_labels.csv only)
-    workers: int = 2  # processes rendering studies in parallel (1 = in this process)
+    n_train: int = 48  # training studies (labels and coordinates given); at least 1
+    n_test: int = 12  # test studies (labels in test_labels.csv only); 0: none
+    workers: int = 2  # processes rendering studies in parallel (0 or 1 = in this process)
     overwrite: bool = False  # refuse to write into a non-empty out_dir unless true
     sag_size: list[int] = field(default_factory=lambda: [160, 192])  # rows, pixels
     sag_fov_mm: list[float] = field(default_factory=lambda: [280.0, 420.0])  # sagittal field of view (rows), mm
@@ -57,3 +59,25 @@ class SynthConfig:
     missing_label_rate: float = 0.05  # studies with 1-3 labels of one level (mostly L5/S1) left empty
     click_noise_mm: float = 1.0  # sigma of each in-plane coordinate of a label point, mm
     click_slice_rate: float = 0.08  # label points marked on a neighbouring slice
+
+    def __post_init__(self) -> None:
+        if self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1 (training needs studies), got {self.n_train}")
+        require_range(self, "n_test seed workers", 0)
+        require_range(self, _RATES, 0.0, 1.0)
+        if sum(self.extra_series_rates) > 1 or len(self.extra_series_rates) > 2:
+            raise ValueError(f"extra_series_rates: at most 2 rates (4 and 5 series) summing to <= 1, got "
+                             f"{self.extra_series_rates}")
+        require_range(self, "obliquity_deg bias_max label_noise click_noise_mm", 0.0)
+        require_range(self, "scoliosis_max_deg", 0.0, 90.0)
+        require_pairs(self, "sag_size ax_size", 16)  # pixels, in steps of 16
+        require_pairs(self, "sag_slices", 1)
+        require_pairs(self, "sag_fov_mm sag_spacing_mm sag_coverage_mm ax_fov_mm ax_spacing_mm", 0.0, low_open=True)
+        require_pairs(self, "noise", 0.0)
+
+
+# the keys that are a share of studies or series: probabilities
+_RATES = ("reversed_instance_rate nonsquare_rate missing_tag_rate sag_placement_rate multi_stack_rate ax_per_disc_rate "
+          "ax_same_angle_rate ax_thin_rate ax_partial_rate extra_series_rates extra_axial_share missing_sagittal_rate "
+          "transitional_rate scoliosis_rate listhesis_rate sacral_disc_rate stir_rate axial_fat_sat_rate ghosting_rate "
+          "wrap_rate rescale_rate rescale_nonintegral_share missing_label_rate click_slice_rate")

@@ -8,38 +8,33 @@ stage: ``stage=grading --help`` lists the grading stage's.
 
 ``fold=all`` trains every fold in turn; ``resume=true`` continues an interrupted run; under
 ``torchrun --nproc_per_node=N -m spine.train ...`` the run is distributed. Exit codes: 0 done,
-1 the run could not start (no cache, run folder in the way, a train.csv that cannot be used), 2 bad config. See docs/training.md.
+1 the run could not start or failed (no cache, a damaged cache file, run folder in the way), 2 bad input (config,
+a train.csv that cannot be used, nothing to train on). Every error is one line on stderr. See docs/training.md.
 """
 
 from __future__ import annotations
 
 import sys
 
-from spine.config import ConfigError, config_groups, show_help
+from spine.config import config_groups, show_help
+from spine.errors import command
 from spine.logs import configure as configure_logging
 from spine.train.config import STAGES, TrainConfig, load_config
 
 
+@command("train")
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if show_help(args, "train", TrainConfig, __doc__, prog="spine-train", nested=_stage_schema(args)):
         return 0
     configure_logging("train")
-    try:
-        cfg = load_config(args)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    from spine.io.tables import TableError
+    cfg = load_config(args)
     from spine.train.run import run  # torch and friends only once the config is valid
 
     try:
         summary = run(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except (FileExistsError, FileNotFoundError, TableError) as err:
-        print(f"[train] {err}", file=sys.stderr)
+    except (FileExistsError, FileNotFoundError) as err:
+        print(f"[train] error: {err}", file=sys.stderr)
         return 1
     oof = summary.get("oof", {})
     if oof:

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from spine.config import ConfigError, _first_line, compose
+from spine.device import check_device
 from spine.run_config import (STAGES, CropConfig, GradingAugmentConfig, GradingStageConfig, GridConfig,
                               LandmarkAugmentConfig, LandmarkStageConfig, ModelConfig, OptimConfig, TrainConfig)
 
@@ -22,9 +23,12 @@ __all__ = ["STAGES", "CropConfig", "GradingAugmentConfig", "GradingStageConfig",
 def load_config(overrides: list[str]) -> TrainConfig:
     """Compose ``configs/train`` with Hydra overrides and validate it, stage node included.
 
-    Raises :class:`spine.config.ConfigError` with a one-line message.
+    Raises :class:`spine.config.ConfigError` with a one-line message, also for a ``device`` this machine does
+    not have (:func:`spine.device.check_device`: checked here, not in the schema, because a run folder's
+    ``config.yaml`` is read back on other machines).
     """
     cfg = compose("train", overrides, TrainConfig)
+    check_device(cfg.device)
     stage = dict(cfg.stage)
     name = stage.get("name")
     if name not in STAGES:

@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from spine.errors import SpineError
+from spine.procs import WorkerInit
 from spine.progress import progress as show_progress
 from spine.train import checkpoint as ckpt
 from spine.train.runtime import (Runtime, gather_objects, rng_state, seed_everything, set_rng_state,
@@ -123,7 +126,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, stage, rt: Runt
     n_samples, data_s, step_s = 0, 0.0, 0.0
     started = time.perf_counter()
     bar = show_progress(steps, desc, "step", enabled=progress and rt.is_main, lines=0, leave=False)
-    batches = iter(loader)
+    batches = batches_of(loader)
     for _ in range(steps):
         t0 = time.perf_counter()
         batch = rt.to_device(next(batches))
@@ -160,7 +163,7 @@ def validate(model, loader, stage, rt: Runtime, with_loss: bool = True) -> tuple
     rows: list[dict] = []
     sums: dict[str, float] = {}
     n = 0
-    for batch in loader:
+    for batch in batches_of(loader):
         batch = rt.to_device(batch)
         with rt.autocast():
             outputs = forward(model, stage.inputs(batch))
@@ -191,10 +194,48 @@ class _Shard(Sampler):
         return len(self.indices)
 
 
-def _loader(dataset, batch_size: int, sampler, workers: int, rt: Runtime) -> DataLoader:
+def _loader(dataset, batch_size: int, sampler, workers: int, rt: Runtime, worker_init_fn=None) -> DataLoader:
+    """The DataLoader of every stage. Its worker processes end with this process, even a SIGKILLed one
+    (`spine.procs.WorkerInit`, chained before ``worker_init_fn``); iterate it with `batches_of`."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=rt.device.type == "cuda", persistent_workers=workers > 0,
-                      prefetch_factor=2 if workers > 0 else None)
+                      prefetch_factor=2 if workers > 0 else None,
+                      worker_init_fn=WorkerInit(worker_init_fn) if workers > 0 else worker_init_fn)
+
+
+def batches_of(loader: DataLoader) -> Iterator:
+    """The batches of ``loader``. A `SpineError` (e.g. a damaged cache file, `CacheError`) raised while a batch
+    is loaded arrives as itself with its own one-line message, also from a worker process, whose exceptions
+    torch re-raises with the worker's whole traceback as the message (`_from_worker`)."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except SpineError as err:
+            clean = _from_worker(err)
+            if clean is err:  # raised in this process: as it is
+                raise
+            raise clean from None
+        yield batch
+
+
+def _from_worker(err: SpineError) -> SpineError:
+    """``err`` with the message it was raised with in a DataLoader worker, and which worker: torch re-raises it
+    as ``type(err)(text)``, its text ``Caught X in DataLoader worker process N.``, then the worker's traceback,
+    whose last line is ``module.X: message``. ``err`` itself when it did not come from a worker."""
+    text = str(err.args[0]) if err.args else ""
+    name = f"{type(err).__name__}: "
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return err
+    last = [line for line in text.splitlines() if line.strip()][-1]  # the worker's "module.X: message"
+    message = last.split(name, 1)[1] if name in last else last
+    worker = text.split(".", 1)[0].removeprefix(f"Caught {type(err).__name__} ")  # "in DataLoader worker process N"
+    try:
+        return type(err)(f"{message} ({worker})")
+    except TypeError:  # a subclass with another constructor: keep torch's text (one line, shortened)
+        return err
 
 
 def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:

@@ -32,6 +32,7 @@ from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugmen
 from spine.data.landmarks import studies_with_series
 from spine.data.transforms import IntensityAugment
 from spine.data.views import ViewSet, view_groups
+from spine.errors import TrainingDataError
 from spine.io.tables import read_train_labels
 from spine.models import model_arguments
 from spine.train.stage import Stage
@@ -134,7 +135,17 @@ class GradingStage(Stage):
             augment, intensity = self._augment() if what == "train" else (None, None)
             out[what] = GradingDataset(study_ids=ids, labels=label_table(self.labels, ids), centres=centres[usable],
                                        points=points[usable], augment=augment, intensity=intensity, **common)
+            if what == "train":
+                self._check_labels(out["train"], fold)  # before the other splits say anything
         return out["train"], out["validation"], (out["test"] if len(out["test"]) else None)
+
+    def _check_labels(self, train: GradingDataset, fold: int) -> None:
+        """Refuse to train fold ``fold`` on no graded level (`TrainingDataError`), saying why there is none."""
+        if len(train) and (train.labels >= 0).any():
+            return
+        why = (f"none of its {len(train)} training studies has a grade in train.csv" if len(train) else
+               "no training study has its series and label points in the cache (coordinates.csv, series.csv)")
+        raise TrainingDataError(f"fold {fold}: nothing to train the grading stage on: {why}")
 
     def train_sampler(self, dataset, rank: int, world_size: int):
         weights = self.scfg.sampler_weights

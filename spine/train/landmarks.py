@@ -11,7 +11,7 @@ level-identification accuracy, share of points within 5 and 10 mm.
 
 from __future__ import annotations
 
-import sys
+import logging
 from functools import cached_property
 from pathlib import Path
 
@@ -24,7 +24,11 @@ from spine.data.landmarks import LandmarkDataset, point_names, studies_with_seri
 from spine.data.transforms import IntensityAugment, RandomGridAffine
 from spine.losses import landmark_loss
 from spine.models.decode import LandmarkDecoder
+from spine.errors import TrainingDataError
+from spine.preprocess.coordinates import UNRESOLVED_CSV
 from spine.train.stage import Stage
+
+log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["study_id", "condition", "level", "world_x", "world_y", "world_z"]
 _COND_NAME = dict(zip(CONDITIONS, CONDITION_NAMES))
@@ -53,8 +57,8 @@ class LandmarkStage(Stage):
         test_ids, skipped_test = studies_with_series(self.cache, self.test_studies(), s.series)
         for what, skipped in (("train", skipped_train), ("validation", skipped_val), ("test", skipped_test)):
             if skipped:
-                print(f"[train] {len(skipped)} {what} studies have none of {s.series}: left out "
-                      f"(e.g. {skipped[:3]})", file=sys.stderr)
+                log.warning("%d %s studies have none of %s: left out (e.g. %s)", len(skipped), what, s.series,
+                            skipped[:3])
         common = dict(cache=self.cache, series=s.series, conditions=s.conditions, grid_size=s.grid.size,
                       grid_spacing=s.grid.spacing_mm, percentiles=s.percentiles, seed=self.cfg.seed,
                       memory_mb=s.cache_mb)
@@ -64,9 +68,22 @@ class LandmarkStage(Stage):
             geometry = RandomGridAffine(tuple(a.rotate_deg), a.scale, tuple(a.translate_mm), a.flip_lr)
             intensity = IntensityAugment(a.bias_field, a.gamma, a.noise_std)
         train = LandmarkDataset(study_ids=train_ids, geometry=geometry, intensity=intensity, **common)
+        self._check_points(train, fold)
         val = LandmarkDataset(study_ids=val_ids, **common)
         test = LandmarkDataset(study_ids=test_ids, **common) if test_ids else None
         return train, val, test
+
+    def _check_points(self, train: LandmarkDataset, fold: int) -> None:
+        """Refuse to train fold ``fold`` on no label point (`TrainingDataError`), naming where they went."""
+        if np.isfinite(train.world).all(-1).any():
+            return
+        root = self.cache.root
+        where = (f"{root / 'coordinates.csv'} has no point with a world position (see {root / UNRESOLVED_CSV} "
+                 "for why)" if not np.isfinite(self.cache.coordinates[["world_x", "world_y", "world_z"]].to_numpy(
+                     dtype=np.float64)).all(-1).any() else
+                 f"none of {root / 'coordinates.csv'} is of conditions {list(self.scfg.conditions)} in these studies")
+        raise TrainingDataError(f"fold {fold}: no label point to train the landmark stage on among its "
+                                f"{len(train)} training studies: {where}")
 
     def model_kwargs(self) -> dict:
         return {"in_chans": len(self.scfg.series), "num_points": len(self.names),

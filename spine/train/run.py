@@ -54,6 +54,7 @@ def run(cfg) -> dict:
         cache = Cache.open(cfg.cache_dir)
         stage = build_stage(cfg, cache)
         check_model(cfg, stage)
+        stage.check_data()
         folds = stage.folds() if cfg.fold == "all" else [int(cfg.fold)]
         if not set(folds) <= set(stage.folds()):
             raise ConfigError(f"fold {cfg.fold} has no studies in {cache.root / 'folds.csv'}; folds: "

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from spine.device import resolve_device
+
 
 @dataclass
 class Runtime:
@@ -72,12 +74,11 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def setup_runtime(device: str = "auto", amp: str = "bf16", channels_last: bool = True) -> Runtime:
-    """Pick the device, join the process group under torchrun, and decide AMP / channels-last."""
+    """Pick the device (:func:`spine.device.resolve_device`), join the process group under torchrun, and decide
+    AMP / channels-last."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)  # a ConfigError for a device this machine does not have
     if dev.type == "cuda":
         if dev.index is None:
             dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())

@@ -8,12 +8,18 @@ subclass of :class:`Stage`; adding a stage (e.g. grading) means one schema, one 
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from spine.errors import TrainingDataError
+from spine.io.tables import TableError, read_train_labels
+
+log = logging.getLogger(__name__)
 
 
 class Stage:
@@ -29,6 +35,36 @@ class Stage:
     def folds(self) -> list[int]:
         """The folds of the cache's folds.csv that have studies."""
         return sorted(int(f) for f in self.cache.folds.fold.unique())
+
+    def check_data(self) -> None:
+        """Before any training: refuse a cache without a labelled study (`TrainingDataError`), and warn when the
+        data folder's train.csv lists other studies than the cache's folds.csv (it changed after
+        preprocessing). Stages add what their own data needs."""
+        folds = self.cache.root / "folds.csv"
+        if self.cache.folds.empty:
+            raise TrainingDataError(f"nothing to train on: {folds} lists no study (was train.csv empty, or the "
+                                    "train split not preprocessed? re-run python -m spine.preprocess with split=train "
+                                    "or all and a train.csv that has studies)")
+        self._check_train_csv_current()
+
+    def _check_train_csv_current(self) -> None:
+        data_dir = self.cache.info.get("data_dir")
+        path = Path(data_dir) / "train.csv" if data_dir else None
+        if path is None or not path.is_file():
+            return
+        try:
+            labelled = set(int(s) for s in read_train_labels(path).study_id)
+        except TableError as err:  # the cache's folds stand; this check only compares
+            log.warning("train.csv changed since preprocessing and cannot be read now: %s", err)
+            return
+        cached = set(int(s) for s in self.cache.folds.study_id)
+        new, gone = sorted(labelled - cached), sorted(cached - labelled)
+        if new or gone:
+            log.warning("%s lists %d studies, the cache's folds.csv %d: %d not in the cache (e.g. %s) are not trained "
+                        "on%s; to train on train.csv as it is now, re-run python -m spine.preprocess data_dir=%s "
+                        "cache_dir=%s overwrite=true (new folds), then this command", path, len(labelled), len(cached),
+                        len(new), new[:3], f", {len(gone)} no longer in train.csv still are" if gone else "",
+                        data_dir, self.cache.root.parent)
 
     def test_studies(self) -> list[int]:
         """Studies of the cache that are not in folds.csv (the test split)."""
