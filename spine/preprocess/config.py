@@ -26,13 +26,27 @@ class PreprocessConfig:
     max_gap_factor: float = DEFAULT_MAX_GAP_FACTOR  # wider slice gaps (x median step) are not interpolated
     n_folds: int = 5  # cross-validation folds of folds.csv (stratified by grades)
     fold_seed: int = 0  # seed of the fold assignment
+    # K/N: build only share K (0..N-1) of the series (those whose index in the sorted listing is K mod N), e.g.
+    # one per machine into a shared cache_dir; a final run without shard then writes the tables
+    shard: str = ""
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        self.shard_of  # noqa: B018 - validates the shard
         require_range(self, "workers fold_seed", 0)  # numpy refuses a negative seed (after every series is done)
         require_range(self, "min_slices max_gap_factor", 1)
         require_range(self, "n_folds", 2)
+
+    @property
+    def shard_of(self) -> tuple[int, int] | None:
+        """(K, N) of ``shard=K/N``, None without a shard."""
+        if not self.shard:
+            return None
+        k, sep, n = str(self.shard).partition("/")
+        if not (sep and k.strip().isdigit() and n.strip().isdigit() and 0 <= int(k) < int(n)):
+            raise ValueError(f"shard must be K/N with 0 <= K < N (e.g. shard=0/4), got {self.shard!r}")
+        return int(k), int(n)
 
     @property
     def splits(self) -> tuple[str, ...]:

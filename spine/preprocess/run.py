@@ -114,6 +114,7 @@ def run(cfg: PreprocessConfig) -> Summary:
     jobs, problems, listings = list_jobs(cfg, root)
     for problem in problems:
         log.info("%s", problem)
+    jobs = shard_jobs(jobs, cfg.shard_of)
     train = None
     if "train" in cfg.splits:  # a train.csv or coordinates file that cannot be used stops the run before any work
         train = _train_labels(Path(cfg.data_dir)), label_coordinates(Path(cfg.data_dir)), listings.get("train")
@@ -121,12 +122,26 @@ def run(cfg: PreprocessConfig) -> Summary:
         summary.message = f"nothing to process in {cfg.data_dir} (split={cfg.split})"
         log.info("%s", summary.message)
         return summary
-    with writer_lock(root):  # one writer at a time (CacheBusyError for a second one)
+    with writer_lock(root, cfg.shard_of):  # one writer per series (CacheBusyError for a second one)
         _process(cfg, jobs, root, params, summary)
-        _write_train_tables(cfg, root, train, summary)
+        if cfg.shard_of is None:
+            _write_series_csv(root, [summary.records[(j.study_id, j.series_id)] for j in jobs])
+            _write_train_tables(cfg, root, train, summary)
     summary.seconds = time.perf_counter() - started
     _report(summary)
+    if cfg.shard_of is not None:
+        log.info("shard %s done: series.csv, coordinates.csv and folds.csv are written by a final run without shard "
+                 "(same data_dir, cache_dir and split) once every shard has ended", cfg.shard)
     return summary
+
+
+def shard_jobs(jobs: list[Job], shard: tuple[int, int] | None) -> list[Job]:
+    """Share K of N of the sorted jobs (every N-th, from the K-th): disjoint shares that together are every job,
+    each a mix of studies and series types (so shards take about as long as each other)."""
+    if shard is None:
+        return jobs
+    k, n = shard
+    return jobs[k::n]
 
 
 def _write_train_tables(cfg: PreprocessConfig, root: Path, train: tuple | None, summary: Summary) -> None:
@@ -144,10 +159,10 @@ def _write_train_tables(cfg: PreprocessConfig, root: Path, train: tuple | None, 
 
 
 def _process(cfg: PreprocessConfig, jobs: list[Job], root: Path, params: dict, summary: Summary) -> None:
-    """Every job's record (cached or built) into ``summary.records``, and series.csv."""
+    """Every job's record (cached or built) into ``summary.records``."""
     _write_cache_json(root, params, cfg)
-    for study in sorted({j.study_id for j in jobs}):  # temporary files of a killed run
-        layout.remove_partials(root / "volumes" / str(study))
+    for job in jobs:  # temporary files of a killed run (of these series only: other shards may be writing theirs)
+        layout.remove_partials(root / "volumes" / str(job.study_id), job.series_id)
 
     records: dict[tuple[int, int], dict] = {}
     todo = []
@@ -181,7 +196,6 @@ def _process(cfg: PreprocessConfig, jobs: list[Job], root: Path, params: dict, s
     summary.n_errors = len(failures)
     summary.failures = [(r["study_id"], r["series_id"], r["description"], r["reason"]) for r in failures]
     summary.records = records
-    _write_series_csv(root, ordered)
 
 
 def _write_cache_json(root: Path, params: dict, cfg: PreprocessConfig) -> None:
