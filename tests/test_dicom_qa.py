@@ -20,7 +20,7 @@ import pytest
 
 from spine.data.grid import SamplingGrid
 from spine.data.volume import SeriesVolume
-from spine.io.dicom import DicomStack, IrregularStackError, _frame_geometry, read_series
+from spine.io.dicom import DicomStack, IrregularStackError, _dataset_frame_geometry, read_series
 from spine.preprocess.cache import irregular_reason, read_stack, stack_record, write_stack
 from spine.preprocess.volume import make_volume
 
@@ -109,7 +109,7 @@ def _cached(stacks: list[DicomStack], folder: Path) -> list[tuple[DicomStack, Pa
 
 def _rescale(stack: DicomStack) -> tuple[np.ndarray, np.ndarray]:
     """(slope, intercept) per slice, from each slice's own DICOM file (or frame)."""
-    pairs = [_frame_geometry(pydicom.dcmread(f, stop_before_pixels=True), frame)[3:5]
+    pairs = [_dataset_frame_geometry(pydicom.dcmread(f, stop_before_pixels=True), frame)[3:5]
              for f, frame in zip(stack.source_files, stack.source_frames)]
     return tuple(np.array(v, dtype=np.float64) for v in zip(*pairs))  # type: ignore[return-value]
 
@@ -225,3 +225,32 @@ def test_uneven_slice_increment_is_flagged_non_uniform(case: str, steps: list[fl
     with pytest.raises(IrregularStackError):
         stack.to_sitk()
     assert [run.n_slices for run in stack.split_uniform_runs()] == [3, 1]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_fast_path_reads_every_real_series_as_pydicom_does(case: str, monkeypatch) -> None:
+    """Every real-scanner series, read with the native fast path (`spine.io.native`) and with pydicom alone: the
+    same stacks (pixels, their type, geometry, instance numbers, files), skipped files and reasons, description."""
+    import spine.io.dicom as dicom
+
+    folder = QA_DIR / CASES[case]["dicom_dir"]
+    try:
+        fast = read_series(folder)
+    except dicom.SeriesReadError as err:
+        monkeypatch.setattr(dicom, "parse_native", lambda data: None)
+        with pytest.raises(dicom.SeriesReadError) as slow_err:
+            read_series(folder)
+        assert str(slow_err.value) == str(err)
+        return
+    monkeypatch.setattr(dicom, "parse_native", lambda data: None)
+    slow = read_series(folder)
+    assert fast.series_description == slow.series_description and fast.skipped == slow.skipped
+    assert len(fast.stacks) == len(slow.stacks)
+    for a, b in zip(fast.stacks, slow.stacks):
+        assert a.pixels.dtype == b.pixels.dtype
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_array_equal(a.image_positions_lps, b.image_positions_lps)
+        np.testing.assert_array_equal(a.direction_lps, b.direction_lps)
+        np.testing.assert_array_equal(a.spacing, b.spacing)
+        assert (a.instance_numbers, a.source_files, a.slice_thickness) == \
+            (b.instance_numbers, b.source_files, b.slice_thickness)

@@ -74,7 +74,7 @@ def test_oblique_stack_geometry_and_voxels(tmp_path: Path) -> None:
     assert len(series.stacks) == 1 and not series.skipped
     stack = series.stacks[0]
     _assert_oblique_geometry(stack, 6, 3.5)
-    assert stack.pixels.dtype == np.float32
+    assert stack.pixels.dtype == np.uint16  # the stored integers, as the rescale is the identity
     for k in range(6):
         np.testing.assert_array_equal(stack.pixels[k], _slice_pixels(k))
     np.testing.assert_allclose(np.diff(stack.slice_positions), 3.5, atol=1e-4)
@@ -332,3 +332,60 @@ def test_from_slices_derives_the_geometry_of_the_read_stack(tmp_path: Path, kind
         np.testing.assert_array_equal(getattr(rebuilt, name), getattr(stack, name), err_msg=name)
     ijk = np.array([[1.5, 2.0, 2.5], [0.0, 0.0, 0.0], [3.0, 7.0, 3.0]])
     np.testing.assert_array_equal(rebuilt.index_to_world(ijk), stack.index_to_world(ijk))
+
+
+# ------------------------------------------------------------------- the fast paths give pydicom's values
+def _pydicom_stack(paths: list[Path]) -> np.ndarray:
+    """pydicom's own decode of the files, in the order of the stack (sorted by position)."""
+    datasets = sorted((pydicom.dcmread(p) for p in paths), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    return np.stack([ds.pixel_array for ds in datasets])
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("syntax", ["explicit", "implicit"])
+def test_native_pixels_with_unused_high_bits_equal_pydicoms_decode(tmp_path: Path, signed: bool, syntax: str):
+    """12 of 16 bits stored, and junk in the 4 bits above: pydicom masks them (unsigned) or sign-extends bit 11
+    (signed); the reader's own view of the bytes must do the same."""
+    rng = np.random.default_rng(3)
+    paths = _write_stack(tmp_path, np.eye(3), (0.0, 0.0, 0.0), 3.0 * np.arange(4))
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        values = rng.integers(0, 1 << 16, (ROWS, COLS), dtype=np.uint16)  # 12 stored bits + 4 junk bits
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, int(signed)
+        ds.PixelData = values.view(np.int16 if signed else np.uint16).tobytes()
+        if syntax == "implicit":
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == "implicit", little_endian=True)
+    expected = _pydicom_stack(paths)
+    stack = read_series(tmp_path).stacks[0]
+    assert stack.pixels.dtype == expected.dtype == (np.int16 if signed else np.uint16)
+    np.testing.assert_array_equal(stack.pixels, expected)
+    assert (expected < 0).any() if signed else expected.max() < 4096
+
+
+def test_geometry_text_in_any_spacing_is_read_as_pydicom_reads_it(tmp_path: Path) -> None:
+    paths = _write_stack(tmp_path, OBLIQUE, ORIGIN, 3.5 * np.arange(3), slice_thickness=3.0)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ipp, iop = list(ds.ImagePositionPatient), list(ds.ImageOrientationPatient)
+        # padded, signed and exponent forms that DS allows; written as raw text
+        ds["ImagePositionPatient"].value = [f" {float(v):+.6e}" for v in ipp]
+        ds["ImageOrientationPatient"].value = [f"{float(v):.8f} " for v in iop]
+        ds["InstanceNumber"].value = f" {int(ds.InstanceNumber)}"
+        ds.save_as(path, enforce_file_format=True)
+    series = read_series(tmp_path)
+    (stack,) = series.stacks
+    _assert_oblique_geometry(stack, 3, 3.5)
+    assert stack.instance_numbers == [1, 2, 3] and not series.skipped
+
+
+def test_compressed_and_rescaled_series_still_go_through_pydicom(tmp_path: Path) -> None:
+    """An RLE-compressed file is decoded by pydicom; a rescale that is not the identity gives float32 modality
+    values; both as before the fast paths."""
+    paths = _write_stack(tmp_path, np.eye(3), (0.0, 0.0, 0.0), 2.0 * np.arange(3), rescale=(2.0, -100.0))
+    ds = pydicom.dcmread(paths[0])
+    ds.compress(pydicom.uid.RLELossless)
+    ds.save_as(paths[0], enforce_file_format=True)
+    stack = read_series(tmp_path).stacks[0]
+    assert stack.pixels.dtype == np.float32
+    np.testing.assert_array_equal(stack.pixels, _pydicom_stack(paths).astype(np.float32) * 2 - 100)

@@ -83,10 +83,11 @@ def test_cache_layout_and_series_table(tiny_dataset: Path, tiny_cache: Cache) ->
         assert [st["file"] for st in record["stacks"]] == names and record["version"] == CACHE_VERSION
         volume = tiny_cache.load_volume(row.study_id, row.series_id)
         assert len(volume.stacks) == row.n_stacks >= 1 and volume.source == "cache"
-        assert row.dtype == "; ".join(["int16"] * row.n_stacks) and row.irregular == ""
+        # the DICOM's own stored integers (int16 or uint16 as its PixelRepresentation says), never floats
+        assert set(row.dtype.split("; ")) <= {"int16", "uint16"} and row.irregular == ""
         shapes, spacings = row.shape.split("; "), row.spacing.split("; ")
         for n, (stack, st) in enumerate(zip(volume.stacks, record["stacks"])):
-            assert isinstance(stack.pixels, np.memmap) and stack.pixels.dtype == np.int16
+            assert isinstance(stack.pixels, np.memmap) and stack.pixels.dtype in (np.int16, np.uint16)
             assert not stack.pixels.flags.writeable
             assert list(parse_triple(shapes[n])) == list(stack.shape[::-1]) == st["shape_ijk"]
             np.testing.assert_allclose(parse_triple(spacings[n]), stack.spacing, rtol=1e-5)
@@ -94,7 +95,7 @@ def test_cache_layout_and_series_table(tiny_dataset: Path, tiny_cache: Cache) ->
             assert stack.is_regular and st["regular"] and st["irregular"] == ""
             # dcm2niix-like NIfTI: array [i, j, k] = column, row, slice; RAS affine of the stack's LPS affine
             image = nib.load(stack_path(tiny_cache.root, row.study_id, row.series_id, n))
-            assert image.shape == tuple(st["shape_ijk"]) and image.get_data_dtype() == np.int16
+            assert image.shape == tuple(st["shape_ijk"]) and image.get_data_dtype() == stack.pixels.dtype
             np.testing.assert_allclose(image.affine, LPS_TO_RAS @ stack.affine_lps, atol=1e-4)
             np.testing.assert_array_equal(np.asanyarray(image.dataobj), np.asarray(stack.pixels).transpose(2, 1, 0))
         assert tiny_cache.series_of(row.study_id, row.description).count(row.series_id) == 1

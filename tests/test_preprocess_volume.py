@@ -357,7 +357,8 @@ def test_real_series_sampled_agrees_with_the_stack(case: str) -> None:
     _, inside, outside = stack_index(stack, world)
     assert covered[inside].all() and not covered[outside].any()
     idx = stack.world_to_index(world[covered])
-    expected = ndimage.map_coordinates(stack.pixels, [idx[:, 2], idx[:, 1], idx[:, 0]], order=1, mode="nearest")
+    expected = ndimage.map_coordinates(np.asarray(stack.pixels, dtype=np.float64), [idx[:, 2], idx[:, 1], idx[:, 0]],
+                                       order=1, mode="nearest")  # in float: stored integers interpolate too
     scale = float(np.abs(stack.pixels).max())
     np.testing.assert_allclose(values[covered], expected, atol=1e-4 * scale)
     assert (values[~covered] == 0).all()

@@ -151,3 +151,20 @@ def test_pooling_near_the_stack_end_does_not_depend_on_where_the_grid_lies():
     pooled, covered = volume.pooled((3.5, 2.1, 2.1)).sample(small)  # spacing along world x, y, z
     assert covered.any() and not covered.all()  # the copy keeps whole cells only: the last columns are gone
     np.testing.assert_allclose(pooled[covered], at_small[covered], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+def test_robust_range_of_stored_integers_is_numpys_percentile(dtype):
+    """The integer path (counts instead of a partial sort) gives np.percentile of the same subsample to the bit."""
+    from spine.data.volume import robust_range
+
+    rng = np.random.default_rng(7)
+    for size, high, percentiles in (((3, 50, 70), 900, (1, 99)), ((40, 200, 180), 4000, (0.5, 99.5)),
+                                    ((7, 33, 41), 30, (2.5, 97.5))):
+        arrays = [rng.integers(-5 if dtype == np.int16 else 0, high, size).astype(dtype) for _ in range(2)]
+        total = sum(a.size for a in arrays)
+        step = max(1, total // 1_000_000)
+        values = np.concatenate([a.reshape(-1)[::step].astype(np.float32) for a in arrays])
+        values = values[values > 0]
+        expected = np.percentile(values[:: max(1, values.size // 200_000)], percentiles)
+        assert robust_range(arrays, percentiles) == (float(expected[0]), float(expected[1]))

@@ -51,13 +51,32 @@ def robust_range(arrays: Sequence[np.ndarray], percentiles: Sequence[float] = (1
     most ~1M voxels, so a memory map is read once), or None with fewer than 16 positive voxels."""
     total = sum(int(np.prod(a.shape)) for a in arrays)
     step = max(1, total // 1_000_000)
-    values = np.concatenate([np.asarray(a).reshape(-1)[::step].astype(np.float32) for a in arrays]) if arrays else \
-        np.zeros(0, np.float32)
+    # the subsample in the arrays' own type (stored integers stay integers until the last, small subsample):
+    # the same values, in less time than converting the million first
+    parts = [np.asarray(a).reshape(-1)[::step] for a in arrays]
+    values = np.concatenate(parts) if len({p.dtype for p in parts}) == 1 else \
+        np.concatenate([p.astype(np.float32) for p in parts]) if parts else np.zeros(0, np.float32)
     values = values[values > 0]
     if values.size < 16:
         return None
-    low, high = np.percentile(values[:: max(1, values.size // 200_000)], percentiles)
+    values = values[:: max(1, values.size // 200_000)]
+    if values.dtype in (np.int16, np.uint16):
+        return _integer_percentiles(values, percentiles)
+    low, high = np.percentile(values.astype(np.float32), percentiles)
     return float(low), float(high)
+
+
+def _integer_percentiles(values: np.ndarray, percentiles: Sequence[float]) -> tuple[float, float]:
+    """``np.percentile(values, percentiles)`` (linear interpolation between the order statistics at
+    ``q / 100 * (n - 1)``) of positive 16-bit integers, from their counts: one pass instead of a partial sort."""
+    counts = np.cumsum(np.bincount(values.astype(np.int64)))
+    out = []
+    for q in percentiles:
+        position = float(q) / 100.0 * (values.size - 1)
+        below = int(np.floor(position))
+        low, high = np.searchsorted(counts, [below, min(below + 1, values.size - 1)], side="right")
+        out.append(float(low + (float(high) - float(low)) * (position - below)))
+    return out[0], out[1]
 
 
 @dataclass(eq=False)

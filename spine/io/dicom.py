@@ -22,11 +22,23 @@ Decisions:
   (or PixelSpacing not positive); a folder with nothing usable raises `SeriesReadError`.
 - Slices of another matrix size (Rows/Columns) or pixel spacing are another stack, never resized: which stacks
   make a volume is the volume builder's decision (`spine.preprocess.volume.select_stacks`).
+- A stack's pixels keep the stored 16-bit integers when every slice's rescale is the identity (slope 1,
+  intercept 0, or ``rescale=False``): the values are the same, and the cache writes them as they are. Otherwise
+  they are float32 modality values.
+
+Speed: each file is read once (header and pixels together). A classic uncompressed little-endian file (what
+the competition data is) is read by `spine.io.native.parse_native`: the dozen tags the reader needs, straight from
+the bytes, and the pixels as a numpy view of them (pydicom's unused-bit correction applied once per stack);
+everything else (compressed transfer syntaxes, enhanced multi-frame functional groups, anything odd) goes
+through pydicom. Both give the same values, frames and skip reasons (`tests/test_dicom_read.py`, and every file
+of the real-scanner set in `tests/test_dicom_qa.py`).
 """
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +47,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from spine.io.native import NativeFile, parse_native
 from spine.io.stack import POSITION_TOL_MM, DicomStack, IrregularStackError, make_stack
 
 __all__ = [
@@ -81,6 +94,7 @@ class _Frame:
     slice_thickness: float | None
     series_uid: str
     multiframe: bool  # reported per frame when skipped
+    unused_bits: int = 0  # BitsAllocated - BitsStored still to correct in ``raw`` (done once the stack is built)
 
 
 class _Skip(Exception):
@@ -148,8 +162,15 @@ def _read_frames(paths: list[Path]) -> tuple[list[_Frame], list[SkippedFile], st
             skipped.append(SkippedFile(str(path), "not a regular file (sub-folders are not searched)"))
             continue
         try:
-            ds = pydicom.dcmread(path)  # the only read of this file: header and pixels together
-            file_frames, frame_skips = _frames_of_dataset(ds, str(path))
+            data = path.read_bytes()  # the only read of this file: header and pixels together
+            native = parse_native(data)
+            if native is not None and _native_layout(native) is not None:
+                file_frames, frame_skips = _frames_of_native(native, data, str(path))
+                file_description = native.values.get("SeriesDescription")
+            else:
+                ds = pydicom.dcmread(io.BytesIO(data))
+                file_frames, frame_skips = _frames_of_dataset(ds, str(path))
+                file_description = ds.get("SeriesDescription")
         except _Skip as exc:
             skipped.append(SkippedFile(str(path), str(exc)))
             continue
@@ -161,13 +182,13 @@ def _read_frames(paths: list[Path]) -> tuple[list[_Frame], list[SkippedFile], st
             continue
         frames += file_frames
         skipped += frame_skips
-        if description is None and ds.get("SeriesDescription"):
-            description = str(ds.SeriesDescription)
+        if description is None and file_description:
+            description = str(file_description)
     return frames, skipped, description
 
 
 def _frames_of_dataset(ds: Dataset, path: str) -> tuple[list[_Frame], list[SkippedFile]]:
-    """All frames of one file (1 for classic MR, NumberOfFrames for enhanced multi-frame)."""
+    """All frames of one file read by pydicom (1 for classic MR, NumberOfFrames for enhanced multi-frame)."""
     if "PixelData" not in ds:
         raise _Skip("no pixel data")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
@@ -178,7 +199,7 @@ def _frames_of_dataset(ds: Dataset, path: str) -> tuple[list[_Frame], list[Skipp
     geometry = []
     for index in range(n_frames):  # geometry first: a file without any usable frame is not decoded
         try:
-            geometry.append((index, _frame_geometry(ds, index)))
+            geometry.append((index, _dataset_frame_geometry(ds, index)))
         except _Skip as exc:
             if n_frames == 1:
                 raise
@@ -193,25 +214,86 @@ def _frames_of_dataset(ds: Dataset, path: str) -> tuple[list[_Frame], list[Skipp
     return frames, skips
 
 
-def _frame_geometry(ds: Dataset, index: int) -> tuple:
-    """(IPP, unit IOP, PixelSpacing, slope, intercept, SliceThickness) of one frame."""
-    items = _functional_groups(ds, index)
-    ipp = _finite_values(_frame_value(ds, items, "PlanePositionSequence", "ImagePositionPatient"), 3,
-                         "ImagePositionPatient")
-    iop = _finite_values(_frame_value(ds, items, "PlaneOrientationSequence", "ImageOrientationPatient"), 6,
-                         "ImageOrientationPatient")
-    spacing = _finite_values(_frame_value(ds, items, "PixelMeasuresSequence", "PixelSpacing"), 2, "PixelSpacing")
+def _native_layout(native: NativeFile) -> tuple[np.dtype, int, int, int, int] | None:
+    """(stored type, frames, rows, columns, unused high bits) of a file `spine.io.native` read, when its pixels
+    can be taken as they lie; None sends the file to pydicom (an odd layout, several frames, a pixel data too
+    short for it, an InstanceNumber that is not an integer: pydicom's path judges and words those)."""
+    v = native.values
+    rows, columns, allocated, stored = (v.get(k) for k in ("Rows", "Columns", "BitsAllocated", "BitsStored"))
+    frames = v.get("NumberOfFrames", 1.0)
+    number = v.get("InstanceNumber", 0.0)
+    if (not rows or not columns or allocated not in (8, 16, 32) or not stored or stored > allocated
+            or frames != 1.0  # classic multi-frame files (rare) keep pydicom's per-frame reasons
+            or not isinstance(number, float) or not number.is_integer()):
+        return None
+    dtype = np.dtype(f"<{'i' if v.get('PixelRepresentation', 0) == 1 else 'u'}{allocated // 8}")
+    if native.pixel_length < int(frames) * rows * columns * dtype.itemsize:
+        return None
+    return dtype, int(frames), rows, columns, allocated - stored
+
+
+def _frames_of_native(native: NativeFile, data: bytes, path: str) -> tuple[list[_Frame], list[SkippedFile]]:
+    """The frames of a classic uncompressed file from `spine.io.native.parse_native`: the same checks and reasons
+    as `_frames_of_dataset`, its pixels a view of ``data`` (their unused high bits corrected once stacked)."""
+    v = native.values
+    if v.get("SamplesPerPixel", 1) not in (0, 1):
+        raise _Skip(f"not a grey-level image (SamplesPerPixel={v['SamplesPerPixel']})")
+    dtype, n_frames, rows, columns, unused_bits = _native_layout(native)  # type: ignore[misc]
+    ipp, iop, spacing, slope, intercept, thickness = _frame_geometry(lambda group, keyword: v.get(keyword))
+    raw = np.frombuffer(data, dtype=dtype, count=n_frames * rows * columns, offset=native.pixel_offset)
+    raw = raw.astype(dtype.newbyteorder("="), copy=False).reshape(n_frames, rows, columns)
+    number = int(v["InstanceNumber"]) if "InstanceNumber" in v else None
+    uid = str(v.get("SeriesInstanceUID", ""))
+    frames = [_Frame(path, index, raw[index], ipp, iop, spacing, slope, intercept, number, thickness, uid,
+                     n_frames > 1, unused_bits) for index in range(n_frames)]
+    return frames, []
+
+
+def _correct_unused_bits(pixels: np.ndarray, frames: list[_Frame]) -> np.ndarray:
+    """Mask (unsigned) or sign-extend (signed) the bits above BitsStored of stacked slices, in place: what pydicom's
+    decoder does per file, here in one pass over the stack."""
+    shifts = {f.unused_bits for f in frames}
+    if shifts == {0}:
+        return pixels
+    if len(shifts) == 1:
+        (shift,) = shifts
+        np.left_shift(pixels, shift, out=pixels)
+        return np.right_shift(pixels, shift, out=pixels)  # arithmetic for signed types, logical for unsigned
+    for k, frame in enumerate(frames):
+        if frame.unused_bits:
+            np.left_shift(pixels[k], frame.unused_bits, out=pixels[k])
+            np.right_shift(pixels[k], frame.unused_bits, out=pixels[k])
+    return pixels
+
+
+def _stored_values(frame: _Frame) -> np.ndarray:
+    """One frame's stored values with its unused high bits corrected (a copy where there are some)."""
+    if not frame.unused_bits:
+        return frame.raw
+    return (frame.raw << frame.unused_bits) >> frame.unused_bits  # arithmetic for signed types, logical otherwise
+
+
+def _frame_geometry(value: Callable[[str, str], object]) -> tuple:
+    """(IPP, unit IOP, PixelSpacing, slope, intercept, SliceThickness) of one frame; ``value(group, keyword)`` is
+    the tag's value for this frame (``group``: the functional group that holds it in an enhanced file)."""
+    ipp = _finite_values(value("PlanePositionSequence", "ImagePositionPatient"), 3, "ImagePositionPatient")
+    iop = _finite_values(value("PlaneOrientationSequence", "ImageOrientationPatient"), 6, "ImageOrientationPatient")
+    spacing = _finite_values(value("PixelMeasuresSequence", "PixelSpacing"), 2, "PixelSpacing")
     if spacing.min() <= 0:
         raise _Skip(f"PixelSpacing is not positive ({spacing.tolist()})")
-    slope = _finite_or_none(_frame_value(ds, items, "PixelValueTransformationSequence", "RescaleSlope"),
-                            "RescaleSlope")
-    intercept = _finite_or_none(_frame_value(ds, items, "PixelValueTransformationSequence", "RescaleIntercept"),
-                                "RescaleIntercept")
-    thickness = _float_or_none(_frame_value(ds, items, "PixelMeasuresSequence", "SliceThickness"))
+    slope = _finite_or_none(value("PixelValueTransformationSequence", "RescaleSlope"), "RescaleSlope")
+    intercept = _finite_or_none(value("PixelValueTransformationSequence", "RescaleIntercept"), "RescaleIntercept")
+    thickness = _float_or_none(value("PixelMeasuresSequence", "SliceThickness"))
     return (ipp, _unit_iop(iop), (float(spacing[0]), float(spacing[1])),
             slope or 1.0,  # absent (or a nonsensical 0) slope means identity
             intercept or 0.0,
             thickness if thickness and thickness > 0 else None)  # NaN > 0 is False: information only
+
+
+def _dataset_frame_geometry(ds: Dataset, index: int) -> tuple:
+    """`_frame_geometry` of frame ``index`` of a pydicom dataset (its functional groups first, then the top level)."""
+    items = _functional_groups(ds, index)
+    return _frame_geometry(lambda group, keyword: _frame_value(ds, items, group, keyword))
 
 
 def _finite_values(value, count: int, keyword: str) -> np.ndarray:
@@ -328,7 +410,7 @@ def _stacks_of_group(group: list[_Frame], skipped: list[SkippedFile], rescale: b
     for v in range(n_volumes):
         chosen = [position[v] for position in positions]
         stacks.append(make_stack(
-            _to_float(chosen, rescale), np.array([f.ipp for f in chosen]), r, c,
+            _stack_pixels(chosen, rescale), np.array([f.ipp for f in chosen]), r, c,
             chosen[0].pixel_spacing, [f.instance_number for f in chosen], [f.path for f in chosen],
             [f.frame for f in chosen], chosen[0].slice_thickness, v, n_volumes,
         ))
@@ -362,9 +444,15 @@ def _cluster_positions(group: list[_Frame], n: np.ndarray) -> list[list[_Frame]]
     return clusters
 
 
-def _to_float(frames: list[_Frame], rescale: bool) -> np.ndarray:
-    """float32 (n, rows, cols); rescale per slice (slopes may differ between slices, e.g. Philips)."""
-    pixels = np.stack([f.raw for f in frames], dtype=np.float32)  # one copy, converting on the way
+def _stack_pixels(frames: list[_Frame], rescale: bool) -> np.ndarray:
+    """(n, rows, cols): the stored int16 / uint16 values when every frame has them and its rescale is the identity
+    (or ``rescale`` is False), else float32 modality values, rescaled per slice (slopes may differ between
+    slices, e.g. Philips). One copy either way."""
+    dtypes = {f.raw.dtype for f in frames}
+    identity = not rescale or all(f.slope == 1 and f.intercept == 0 for f in frames)
+    if identity and len(dtypes) == 1 and dtypes <= {np.dtype(np.int16), np.dtype(np.uint16)}:
+        return _correct_unused_bits(np.stack([f.raw for f in frames]), frames)
+    pixels = np.stack([_stored_values(f) for f in frames], dtype=np.float32)  # one copy, converting on the way
     if rescale:
         slopes = np.array([f.slope for f in frames], dtype=np.float32)
         intercepts = np.array([f.intercept for f in frames], dtype=np.float32)

@@ -174,7 +174,7 @@ class DicomStack:
         and the geometry (step, uniform, sheared) is derived again from the true IPPs."""
         ipps = np.concatenate([self.image_positions_lps, np.asarray(image_positions_lps, dtype=np.float64)])
         order = np.argsort(ipps @ self.direction_lps[:, 2], kind="stable")
-        pixels = np.concatenate([self.pixels, np.asarray(pixels, dtype=self.pixels.dtype)])[order]
+        pixels = np.concatenate([self.pixels, np.asarray(pixels)])[order]  # integers and floats give floats
         numbers, files, frames = ([both[k] for k in order] for both in (
             self.instance_numbers + list(instance_numbers), self.source_files + list(source_files),
             self.source_frames + list(source_frames)))

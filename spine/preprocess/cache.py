@@ -55,6 +55,7 @@ FOLD_COLUMNS = ["study_id", "fold"]
 _SERIES_READ = ("split", "study_id", "series_id", "description", "status", "reason", "n_stacks", "n_slices",
                 "n_skipped_files")  # the columns of series.csv that readers use
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+NIFTI_HEADER_BYTES = 352  # NIfTI-1 single file: 348-byte header + 4-byte extension flag, then the voxels
 
 
 def cache_params(min_slices: int, max_gap_factor: float) -> dict:
@@ -146,16 +147,28 @@ def _stored(pixels: np.ndarray) -> np.ndarray:
 def write_stack(stack: DicomStack, path: Path) -> np.dtype:
     """Write one stack atomically as an uncompressed NIfTI on its own grid (array [i, j, k], RAS affine of the
     stack's affine; the nominal one for an irregular stack, whose true IPPs are in `stack_record`); returns the
-    voxel type used."""
-    stored = _stored(stack.pixels)
-    image = nib.Nifti1Image(stored.transpose(2, 1, 0), LPS_TO_RAS @ stack.affine_lps)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(image.affine, code=1)  # scanner coordinates, as dcm2niix writes them
-    image.set_sform(image.affine, code=1)
+    voxel type used.
+
+    The file is nibabel's header (with the qform and sform of the affine, no intensity scaling) followed by the
+    pixels as they lie in memory: the C order of the (k, j, i) array is the NIfTI (Fortran) order of [i, j, k], so
+    the stored slices are written once, without a transposed copy (byte for byte what ``nib.save`` writes).
+    """
+    stored = np.ascontiguousarray(_stored(stack.pixels))
+    header = nib.Nifti1Header()
+    header.set_data_dtype(stored.dtype)
+    header.set_data_shape(stored.shape[::-1])
+    affine = LPS_TO_RAS @ stack.affine_lps
+    header.set_qform(affine, code=1)  # scanner coordinates, as dcm2niix writes them
+    header.set_sform(affine, code=1)
+    header.set_xyzt_units("mm")
+    header.set_slope_inter(1.0, 0.0)
+    header["vox_offset"] = NIFTI_HEADER_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        nib.save(image, tmp)
+        with open(tmp, "wb") as handle:
+            handle.write(header.binaryblock + b"\0\0\0\0")  # 348-byte header, no extensions
+            handle.write(memoryview(stored).cast("B"))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

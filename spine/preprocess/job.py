@@ -18,12 +18,11 @@ import numpy as np
 
 from spine.io.dicom import DicomSeries, SeriesReadError, read_series
 from spine.preprocess import cache as layout
-from spine.preprocess.cache import format_triple
+from spine.preprocess.cache import NIFTI_HEADER_BYTES, format_triple
 from spine.preprocess.volume import VolumeError, ambiguous_instances, instance_geometry, make_volume
 
 __all__ = ["Job", "cached_record", "crash_record", "process_series", "shorten"]
 
-_NIFTI_HEADER_BYTES = 352  # NIfTI-1 single file: 348-byte header + 4-byte extension flag, then the voxels
 
 
 @dataclass(frozen=True)
@@ -111,10 +110,10 @@ def cached_record(job: Job) -> dict | None:
     try:
         for stack in stacks:
             path, shape = folder / stack["file"], [int(v) for v in stack["shape_ijk"]]
-            if path.stat().st_size != _NIFTI_HEADER_BYTES + int(np.prod(shape)) * np.dtype(stack["dtype"]).itemsize:
+            if path.stat().st_size != NIFTI_HEADER_BYTES + int(np.prod(shape)) * np.dtype(stack["dtype"]).itemsize:
                 return None
             with open(path, "rb") as handle:  # the header: sizeof_hdr 348, magic "n+1", dim[1:4] the record's
-                header = handle.read(_NIFTI_HEADER_BYTES)
+                header = handle.read(NIFTI_HEADER_BYTES)
             little = header[:4] == (348).to_bytes(4, "little")
             if (not (little or header[:4] == (348).to_bytes(4, "big")) or header[344:348] != b"n+1\0"
                     or np.frombuffer(header[40:56], "<i2" if little else ">i2")[1:4].tolist() != shape):
