@@ -65,16 +65,11 @@ def ensure_data(data: Path, cache: Path, n_train: int, n_test: int) -> None:
 
 def oracle_from_truth(data: Path, study_ids) -> pd.DataFrame:
     """The Bayes-optimal submission of ``study_ids`` from truth.csv (latent narrowing) and the label noise."""
-    from spine.constants import PROB_COLUMNS, row_id
-    from spine.synth.labels import oracle_probabilities
+    from spine.synth.labels import oracle_submission
 
     sigma = json.loads((data / "dataset.json").read_text())["config"]["label_noise"]
     truth = pd.read_csv(data / "truth.csv")
-    truth = truth[truth.study_id.isin([int(s) for s in study_ids])]
-    probs = oracle_probabilities(truth.narrowing.to_numpy(), sigma)
-    frame = pd.DataFrame(probs, columns=list(PROB_COLUMNS))
-    frame.insert(0, "row_id", [row_id(s, c, lv) for s, c, lv in zip(truth.study_id, truth.condition, truth.level)])
-    return frame
+    return oracle_submission(truth[truth.study_id.isin([int(s) for s in study_ids])], sigma)
 
 
 def fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:

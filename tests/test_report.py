@@ -73,7 +73,7 @@ def grading_page(tiny_runs, tmp_path_factory):
 # ----------------------------------------------------------------------------------------------- numbers
 def test_metrics_per_fold_with_prior_oracle_and_gap(grading_report, tiny_runs, tiny_dataset):
     from spine.baselines import class_prior_submission
-    from spine.synth.labels import oracle_probabilities
+    from spine.synth.labels import oracle_submission
 
     run, labels, frame = tiny_runs[1], _labels(tiny_dataset), grading_report.metrics
     oof = pd.read_csv(run / "oof.csv", dtype={"row_id": str})
@@ -94,9 +94,9 @@ def test_metrics_per_fold_with_prior_oracle_and_gap(grading_report, tiny_runs, t
     # the oracle: truth.csv narrowing with the generator's label noise, on the OOF rows
     truth = pd.read_csv(tiny_dataset / "truth.csv")
     sigma = json.loads((tiny_dataset / "dataset.json").read_text())["config"]["label_noise"]
-    narrowing = dict(zip(truth.study_id.astype(str) + "_" + truth.condition + "_" + truth.level, truth.narrowing))
-    probs = oracle_probabilities(np.array([narrowing[r] for r in oof.row_id]), sigma).reshape(-1, 3)
-    oracle = pd.DataFrame({"row_id": oof.row_id, **dict(zip(PROB_COLUMNS, probs.T))})
+    truth.index = truth.study_id.astype(str) + "_" + truth.condition + "_" + truth.level
+    oracle = oracle_submission(truth.loc[list(oof.row_id)], sigma)  # optimal for the metric on the OOF rows
+    assert list(oracle.row_id) == list(oof.row_id)
     studies = labels[labels.study_id.isin(oof.row_id.str.split("_").str[0].astype(int))]
     assert _row(frame, "all", "oracle")["score"] == pytest.approx(score(studies, oracle)["score"])
     # share of the prior-to-oracle gap closed

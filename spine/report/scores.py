@@ -17,11 +17,11 @@ import pandas as pd
 from spine.baselines import class_priors
 from spine.calibrate import _scorable as calibration_scorable  # the calibration's rule for which rows are scored
 from spine.calibrate import cross_fitted
-from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, SEVERITIES
+from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, SEVERITIES, parse_row_id
 from spine.io.tables import read_train_labels
 from spine.metric import EPS, PARTS, score
 from spine.run_folder import RunFolderError, read_calibration
-from spine.synth.labels import oracle_probabilities
+from spine.synth.labels import oracle_submission
 
 __all__ = ["SCORE_COLUMNS", "calibration_scores", "grade_table", "grading_scores", "oracle_predictions",
            "prior_predictions", "scorable", "study_scores", "test_scores"]
@@ -74,8 +74,10 @@ def oracle_predictions(row_ids, data_dir: Path | None) -> tuple[pd.DataFrame | N
     lacking = [r for r in ids if r not in narrowing]
     if lacking:
         return None, f"{truth_path} lacks {len(lacking)} of the {len(ids)} scored rows (e.g. {lacking[0]}): no oracle"
-    probs = oracle_probabilities(np.array([narrowing[r] for r in ids]), sigma).reshape(len(ids), 3)
-    return pd.DataFrame({"row_id": ids, **dict(zip(PROB_COLUMNS, probs.T))}), ""
+    keys = [parse_row_id(r) for r in ids]
+    rows = pd.DataFrame({"study_id": [k[0] for k in keys], "condition": [k[1] for k in keys],
+                         "level": [k[2] for k in keys], "narrowing": [narrowing[r] for r in ids]})
+    return oracle_submission(rows, sigma), ""  # optimal for the metric on exactly these rows
 
 
 def grading_scores(oof: pd.DataFrame, labels: pd.DataFrame, data_dir: Path | None = None

@@ -406,15 +406,14 @@ def _write_tables(out: Path, results: list[StudyResult], cfg: SynthConfig) -> No
     row_ids = [rid for r in test for rid in study_row_ids(r.study_id)]
     sample = pd.DataFrame({"row_id": row_ids, **{c: 1.0 / 3 for c in PROB_COLUMNS}})
     sample.to_csv(out / "sample_submission.csv", index=False)
-    oracle = np.concatenate([label_model.oracle_probabilities(np.array([r.narrowing[c] for c in CONDITIONS]),
-                                                              cfg.label_noise).reshape(-1, 3) for r in test]) \
-        if test else np.zeros((0, 3))
-    pd.DataFrame({"row_id": row_ids, **dict(zip(PROB_COLUMNS, oracle.T))}).to_csv(
-        out / "oracle_submission.csv", index=False)
-    truth = [{"study_id": r.study_id, "condition": c, "level": lv, "narrowing": r.narrowing[c][li],
-              "true_grade": SEVERITIES[int(label_model.true_grade(r.narrowing[c][li]))], "split": r.split}
-             for r in results for c in CONDITIONS for li, lv in enumerate(LEVELS)]
-    pd.DataFrame(truth).to_csv(out / "truth.csv", index=False)
+    truth = pd.DataFrame([{"study_id": r.study_id, "condition": c, "level": lv, "narrowing": r.narrowing[c][li],
+                           "true_grade": SEVERITIES[int(label_model.true_grade(r.narrowing[c][li]))],
+                           "split": r.split} for r in results for c in CONDITIONS for li, lv in enumerate(LEVELS)],
+                         columns=["study_id", "condition", "level", "narrowing", "true_grade", "split"])
+    oracle = label_model.oracle_submission(truth[truth.split == "test"], cfg.label_noise)
+    assert list(oracle.row_id) == row_ids  # the test studies' rows, in the sample submission's order
+    oracle.to_csv(out / "oracle_submission.csv", index=False)
+    truth.to_csv(out / "truth.csv", index=False)
     pd.DataFrame([r.facts for r in results], columns=STUDY_COLUMNS).to_csv(out / "studies.csv", index=False)
 
 
