@@ -26,9 +26,12 @@ Decisions:
   intercept 0, or ``rescale=False``): the values are the same, and the cache writes them as they are. Otherwise
   they are float32 modality values.
 
-Speed: each file is read once (header and pixels together). A classic uncompressed little-endian file (what
-the competition data is) is read by `spine.io.native.parse_native`: the dozen tags the reader needs, straight from
-the bytes, and the pixels as a numpy view of them (pydicom's unused-bit correction applied once per stack);
+Speed: each file is read once (header and pixels together), memory-mapped. A classic uncompressed little-endian
+file (what the competition data is) is read by `spine.io.native.parse_native`: the dozen tags the reader needs,
+straight from the bytes, and the pixels as a numpy view of the mapping, copied once when the stack is built
+(pydicom's unused-bit correction applied then, once per stack). (A file truncated by another process while its
+series is being read would end the process with SIGBUS; preprocessing workers that die are retried and
+recorded.)
 everything else (compressed transfer syntaxes, enhanced multi-frame functional groups, anything odd) goes
 through pydicom. Both give the same values, frames and skip reasons (`tests/test_dicom_read.py`, and every file
 of the real-scanner set in `tests/test_dicom_qa.py`).
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +166,7 @@ def _read_frames(paths: list[Path]) -> tuple[list[_Frame], list[SkippedFile], st
             skipped.append(SkippedFile(str(path), "not a regular file (sub-folders are not searched)"))
             continue
         try:
-            data = path.read_bytes()  # the only read of this file: header and pixels together
+            data = _contents(path)  # the only read of this file: header and pixels together
             native = parse_native(data)
             if native is not None and _native_layout(native) is not None:
                 file_frames, frame_skips = _frames_of_native(native, data, str(path))
@@ -185,6 +189,16 @@ def _read_frames(paths: list[Path]) -> tuple[list[_Frame], list[SkippedFile], st
         if description is None and file_description:
             description = str(file_description)
     return frames, skipped, description
+
+
+def _contents(path: Path) -> mmap.mmap | bytes:
+    """The file's bytes, memory-mapped read-only where possible: a classic file's pixels are then read once, by
+    the copy that stacks them (no copy into a bytes object first). An empty or unmappable file is read."""
+    with open(path, "rb") as handle:
+        try:
+            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # empty, or not a regular file on this system
+            return handle.read()
 
 
 def _frames_of_dataset(ds: Dataset, path: str) -> tuple[list[_Frame], list[SkippedFile]]:
