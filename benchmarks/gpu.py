@@ -93,27 +93,21 @@ class ModelSpec:
     def input_text(self, cfg) -> str:
         if self.stage == "landmarks":
             return f"grid {'x'.join(map(str, cfg.stage.grid.size))}"
-        if "view_shape" in self.kwargs_names():
-            view = next(iter(cfg.stage.views.values()))[0]
-            return f"views {view['slices']}x{view['size'][0]}x{view['size'][1]}"
-        return f"crop {'x'.join(map(str, cfg.stage.crop.size))}"
+        from spine.data.inputs import grading_input
 
-    def kwargs_names(self) -> list[str]:
-        from spine.models import model_arguments
-
-        return model_arguments(self.name)
+        return grading_input(self.name, cfg.stage).describe()
 
 
 def model_specs(tiny: bool) -> list[ModelSpec]:
     """Every registered landmark and grading model (tiny ones with ``tiny``), sized as described above."""
-    from spine.models import list_models, model_arguments
+    from spine.models import list_models, model_inputs
     from spine.train.config import load_config
 
     names = [n for n in list_models("landmark_*") + list_models("grading_*") if n.endswith("_tiny") == tiny]
     specs = []
     for name in names:
         stage = "landmarks" if name.startswith("landmark") else "grading"
-        views = "view_shape" in model_arguments(name)
+        views = model_inputs(name) == "views"  # sized by the recipe's views, not by a crop size
         if tiny:
             size = (["stage.grid.size=[16,32,32]", "stage.grid.spacing_mm=[10,10,10]"] if stage == "landmarks"
                     else [] if views else ["stage.crop.size=[32,32,32]"])  # 16^3: 1x1 maps, see tests/test_amp.py

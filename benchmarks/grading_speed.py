@@ -65,18 +65,17 @@ def model_rates(name: str, crop: int, batch: int, device: str, amp: bool, steps:
     or ``view = (slices, px)`` views for a views model)."""
     import torch
 
-    from spine.models import create_model, model_arguments
+    from spine.data.inputs import grading_input
+    from spine.models import create_model
+    from spine.train.config import load_config
 
-    if "view_shape" in model_arguments(name):
-        shape = (view[0], view[1], view[1])
-        model = create_model(name, view_shape=shape).to(device)
-        x = torch.randn(batch, 5, 2, *shape, device=device)
-    else:
-        model = create_model(name, in_chans=3, crop_size=[crop] * 3).to(device)
-        x = torch.randn(batch, 3, crop, crop, crop, device=device)
+    # what the model declares it reads, with the grading stage's defaults, at the benchmark's size
+    reader = grading_input(name, load_config(["stage=grading"]).stage).resized([crop] * 3, (view[0], view[1], view[1]))
+    model = create_model(name, **reader.model_kwargs()).to(device)
+    x = torch.randn(batch, *reader.item_shape, device=device)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     level = torch.arange(batch, device=device) % 5
-    present = torch.ones(batch, 3, device=device)
+    present = torch.ones(batch, len(reader.series), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp)
 

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from spine.preprocess.cache import Cache
     from spine.train.config import load_config
-    from spine.train.landmarks import landmark_metrics, truth_frame
+    from spine.evaluate import landmark_metrics, truth_frame
     from spine.train.run import run
 
     cfg = load_config(["experiment=bench_cpu", f"cache_dir={cache_dir}", f"run_dir={run_dir}", f"fold={args.fold}",

@@ -223,7 +223,7 @@ def centre_baseline_metrics(cache_dir: Path, series: str = "Sagittal T2/STIR") -
     points outside the default landmark grid (`GridConfig`, centred on the volume)."""
     from spine.preprocess.cache import Cache
     from spine.run_config import GridConfig
-    from spine.train.landmarks import landmark_metrics, truth_frame
+    from spine.evaluate import landmark_metrics, truth_frame
 
     cache = Cache.open(cache_dir)
     oof = cache.folds[["study_id", "fold"]]

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, SEVERITIES, SEVERITY_WEIGHTS
-from spine.metric import EPS, labels_to_long, score
+from spine.io.tables import labels_to_long
+from spine.metric import EPS, score
 
 FLOOR: float = 1e-7  # every calibrated probability lies in [FLOOR, 1]
 T_BOUNDS: tuple[float, float] = (0.25, 4.0)
@@ -128,7 +129,7 @@ def labelled_predictions(predictions: pd.DataFrame, labels: pd.DataFrame) -> pd.
     Columns ``row_id, study_id, condition, level, severity`` (int index into ``SEVERITIES``), ``weight``
     (the metric's sample weight 1/2/4 of the true grade) and ``PROB_COLUMNS`` as submitted (not sanitised).
     Rows in label order. Empty (with these columns) when nothing matches. Raises ValueError on bad labels
-    (see :func:`spine.metric.labels_to_long`), missing prediction columns or duplicate prediction row ids.
+    (see :func:`spine.io.tables.labels_to_long`), missing prediction columns or duplicate prediction row ids.
     """
     ids, probs = _checked_probs(predictions, "predictions")
     dup = pd.Series(ids)[pd.Series(ids).duplicated()].unique().tolist()

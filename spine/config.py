@@ -263,7 +263,7 @@ def usage(command: str, schema: type, description: str = "", *, prog: str = "", 
             shown = ", ".join(f"{o}*" if o == default else o for o in options)
             lines.append(f"  {name:<{width}}  {shown}")
         lines.append("")
-    defaults = _defaults(command, schema, overrides)
+    defaults = _defaults(command, schema, overrides, nested)
     rows = schema_keys(schema, nested=nested)
     lines.append("keys (key=value; default, then what it is):")
     width = min(max((len(key) for key, _, _ in rows), default=0), 28)
@@ -353,14 +353,29 @@ def _default_choices(primary: Path) -> dict[str, str | None]:
     return choices
 
 
-def _defaults(command: str, schema: type, overrides: Sequence[str]) -> dict:
-    """The composed config as a plain dict: with ``overrides`` when they compose, else without, else the schema's."""
+def _defaults(command: str, schema: type, overrides: Sequence[str], nested: Mapping[str, type] | None = None) -> dict:
+    """The composed config as a plain dict: with ``overrides`` when they compose, else without, else the schema's.
+    A ``nested`` node (``stage``) is filled in with its own schema's defaults, which its YAML does not restate."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    tree = None
     for attempt in (list(overrides), []):
         try:
-            return OmegaConf.to_container(_compose_node(command, attempt, schema), resolve=True)
+            tree = OmegaConf.to_container(_compose_node(command, attempt, schema), resolve=True)
+            break
         except ConfigError:
             continue
-    return OmegaConf.to_container(OmegaConf.structured(schema))
+    if tree is None:
+        return OmegaConf.to_container(OmegaConf.structured(schema))
+    for key, inner in (nested or {}).items():
+        parent, _, name = key.rpartition(".")
+        node = _lookup(tree, parent) if parent else tree
+        if isinstance(node, dict) and isinstance(node.get(name), dict):
+            try:
+                node[name] = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(inner), node[name]))
+            except (OmegaConfBaseException, ValueError):  # a value the schema refuses: shown as composed
+                pass
+    return tree
 
 
 def _lookup(tree: Any, key: str) -> Any:

@@ -34,13 +34,12 @@ from spine.constants import (
     CONDITION_GROUP,
     CONDITIONS,
     GROUPS,
-    LABEL_COLUMNS,
     LEVELS,
     PROB_COLUMNS,
     SEVERITIES,
     SEVERITY_WEIGHTS,
-    row_id,
 )
+from spine.io.tables import labels_to_long  # the train.csv format -> one row per label
 
 EPS: float = float(np.finfo(np.float64).eps)
 ANY_SEVERE: str = "any_severe_spinal"
@@ -57,55 +56,6 @@ def _examples(items: Iterable[object], fmt: Callable[[object], str] = repr) -> s
     shown = ", ".join(fmt(x) for x in items[:_MAX_EXAMPLES])
     more = len(items) - _MAX_EXAMPLES
     return shown + (f" (and {more} more)" if more > 0 else "")
-
-
-def _study_key(study_id: object) -> int | str:
-    """``study_id`` as used in row ids: an int where it is integral (1001.0 -> 1001), else the string."""
-    if isinstance(study_id, (int, np.integer)):
-        return int(study_id)
-    if isinstance(study_id, (float, np.floating)) and float(study_id).is_integer():
-        return int(study_id)
-    if isinstance(study_id, str) and study_id.strip():
-        return study_id.strip()
-    raise ValueError(f"labels: invalid study_id {study_id!r}")
-
-
-def labels_to_long(labels: pd.DataFrame) -> pd.DataFrame:
-    """train.csv-format labels -> one row per (study, condition, level).
-
-    Columns: ``row_id, study_id, condition, level, severity`` where severity is the float index 0..2 into
-    ``SEVERITIES`` or NaN where the label is missing. Rows come study by study in train.csv column order.
-    Raises ValueError on missing columns, duplicate study ids and label strings not in ``SEVERITIES``;
-    other columns of ``labels`` are ignored.
-    """
-    missing = [c for c in ("study_id", *LABEL_COLUMNS) if c not in labels.columns]
-    if missing:
-        raise ValueError(f"labels: missing required columns: {_examples(missing)}")
-    studies = [_study_key(s) for s in labels["study_id"].tolist()]
-    dup = pd.Series(studies)[pd.Series(studies).duplicated()].unique().tolist()
-    if dup:
-        raise ValueError(f"labels: duplicate study_id: {_examples(dup)}")
-
-    grades = labels.loc[:, list(LABEL_COLUMNS)].to_numpy(dtype=object)  # (n_studies, 25), a copy
-    code = {s: float(i) for i, s in enumerate(SEVERITIES)}
-    severity = np.full(grades.shape, np.nan)
-    bad: list[str] = []
-    for (i, j), value in np.ndenumerate(grades):
-        if isinstance(value, str) and value in code:
-            severity[i, j] = code[value]
-        elif not (value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA):
-            bad.append(f"{row_id(studies[i], *_COLUMN_KEYS[j])}: {value!r}")
-    if bad:
-        raise ValueError(f"labels: values not in {SEVERITIES} (or empty): {_examples(bad, str)}")
-
-    keys = [(s, c, lv) for s in studies for c, lv in _COLUMN_KEYS]
-    return pd.DataFrame({
-        "row_id": [row_id(*k) for k in keys],
-        "study_id": [k[0] for k in keys],
-        "condition": [k[1] for k in keys],
-        "level": [k[2] for k in keys],
-        "severity": severity.reshape(-1),
-    })
 
 
 def _submission_probs(submission: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from spine.config import require_length, require_pairs, require_range
 from spine.constants import CONDITIONS, SERIES_TYPES
 
 __all__ = ["STAGES", "CropConfig", "GradingAugmentConfig", "GradingStageConfig", "GridConfig", "LandmarkAugmentConfig",
-           "LandmarkStageConfig", "ModelConfig", "OptimConfig", "TrainConfig"]
+           "LandmarkStageConfig", "ModelConfig", "OptimConfig", "TrainConfig", "merge_stage"]
 
 
 # ------------------------------------------------------------------------------------------- stages
@@ -140,10 +140,16 @@ class GradingStageConfig:
     sampler_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     calibrate: bool = True  # fit temperatures + any-severe scale on the run's OOF (calibration.json)
     tta_flip: bool = False  # validation/test: average with the mirrored crop (left/right swapped back)
-    # Per-condition views, read by the grading_views models (the model decides: a model with a view_shape
-    # argument reads views, the others the crop above): {group: [view, ...]} for the groups spinal, foraminal,
-    # subarticular; each view: series, plane, centre, size, mm, slices, slice_mm, shift_mm (spine/data/views.py).
-    views: dict[str, Any] = field(default_factory=dict)
+    # Per-condition views, read by the models registered with inputs="views" (spine.data.inputs: the model
+    # declares what it reads; the others read the crop above). (slices, rows, columns) of every view that does not set
+    # its own slices / size: an experiment resizes all views in one line (stage.view_size: [5, 128, 128]).
+    view_size: list[int] = field(default_factory=lambda: [3, 32, 32])
+    # {group: {view name: view}} for the groups spinal, foraminal, subarticular; each view: series, plane,
+    # centre, mm, slice_mm, shift_mm, size, slices (spine/data/views.py). Named, so that an override merges:
+    # stage.views.spinal.axial_t2.mm=[48,48] changes one view, stage.views.spinal.axial_t2=null drops it.
+    # A group given as a list [view, ...] replaces the group (run folders written before view names).
+    # Validated into {group: [view, ...]} in order, each view with its slices and size.
+    views: dict[str, Any] = field(default_factory=lambda: _default_views())
 
     def __post_init__(self) -> None:
         bad = [s for s in self.series if s not in SERIES_TYPES]
@@ -157,6 +163,60 @@ class GradingStageConfig:
                 raise ValueError(f"stage.{name} needs 3 non-negative values (Normal/Mild, Moderate, Severe)")
         _check_percentiles(self)
         require_range(self, "any_severe_weight focal_gamma", 0.0, prefix="stage.")
+        require_length(self, "view_size", 3, prefix="stage.")
+        require_range(self, "view_size", 1, prefix="stage.")
+        self.views = {group: _view_list(views, self.view_size) for group, views in self.views.items()}
+
+
+def _default_views() -> dict[str, dict[str, dict]]:
+    """The plane each condition is read in, a few slices around the condition's own point; right-side views are
+    mirrored onto the left (spine/data/views.py). Size and slices: ``view_size``."""
+    def view(series: str, plane: str, centre: str, mm: float) -> dict:
+        return {"series": series, "plane": plane, "centre": centre, "mm": [mm, mm], "slice_mm": 3.0}
+
+    return {
+        "spinal": {"sagittal_t2": view("Sagittal T2/STIR", "sagittal", "spinal", 40.0),
+                   "axial_t2": view("Axial T2", "axial", "spinal", 40.0)},
+        "foraminal": {"sagittal_t1": view("Sagittal T1", "sagittal", "foraminal", 32.0),
+                      "axial_t2": view("Axial T2", "axial", "foraminal", 32.0)},
+        "subarticular": {"axial_t2": view("Axial T2", "axial", "subarticular", 32.0),
+                         "sagittal_t2": view("Sagittal T2/STIR", "sagittal", "subarticular", 32.0)},
+    }
+
+
+_VIEW_KEYS = ("series", "plane", "centre", "size", "mm", "slices", "slice_mm", "shift_mm")  # as views are stored
+
+
+def _view_list(views: Any, view_size: list[int]) -> list[dict]:
+    """A group's views as a list (named views in their order, null ones dropped), each with ``slices`` and
+    ``size`` (from ``view_size`` where the view sets none) and its keys in the stored order."""
+    items = views.values() if isinstance(views, dict) else views
+    out = []
+    for view in items:
+        if view is None:
+            continue
+        view = {"size": list(view_size[1:]), "slices": view_size[0], **dict(view)}
+        out.append({**{k: view[k] for k in _VIEW_KEYS if k in view}, **view})
+    return out
+
+
+def merge_stage(schema: type, stage: dict) -> Any:
+    """The stage node of a config: ``stage`` merged onto ``schema`` (an OmegaConf node, validated by
+    ``OmegaConf.to_object``). ``views`` merge view by view; a group given as a list replaces the group."""
+    from omegaconf import OmegaConf
+
+    stage = dict(stage)
+    views = stage.pop("views", None)
+    node = OmegaConf.merge(OmegaConf.structured(schema), stage)
+    if views is not None:
+        views = OmegaConf.to_container(views) if OmegaConf.is_config(views) else dict(views)
+        merged = OmegaConf.to_container(node.views)
+        for group, given in views.items():
+            if isinstance(given, dict) and isinstance(merged.get(group), dict):
+                given = OmegaConf.to_container(OmegaConf.merge(merged[group], given))
+            merged[group] = given
+        node.views = merged
+    return node
 
 
 def _check_augment(augment: object, non_negative: str) -> None:

@@ -31,7 +31,7 @@ from spine.calibrate import Calibration
 from spine.config import _first_line
 from spine.constants import LABEL_COLUMNS, PROB_COLUMNS
 from spine.errors import SpineError, one_line
-from spine.run_config import STAGES, TrainConfig
+from spine.run_config import STAGES, TrainConfig, merge_stage
 
 __all__ = ["CACHE_JSON", "CALIBRATION_JSON", "CHECKPOINT", "CONFIG_YAML", "METRICS_JSON", "MODEL_JSON",
            "MODEL_WEIGHTS", "OOF_CSV", "PRIORS_JSON", "RUN_JSON", "SUBMISSION_CSV", "TEST_CSV", "RunFolderError",
@@ -90,7 +90,7 @@ def load_run_config(run_dir) -> TrainConfig:
         raise _damaged(path, f"stage.name {name!r} is not a stage; stages: {', '.join(STAGES)}")
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), raw))
-        cfg.stage = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(STAGES[name][0]), stage))
+        cfg.stage = OmegaConf.to_object(merge_stage(STAGES[name][0], stage))
     except Exception as err:  # noqa: BLE001 - any schema failure is a bad run folder
         raise _damaged(path, _first_line(err)) from err
     return cfg

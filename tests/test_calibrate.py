@@ -1,4 +1,4 @@
-"""Tests of spine.calibrate (calibration of OOF predictions) and the grading plots in spine.train.plots."""
+"""Tests of spine.calibrate (calibration of OOF predictions) and the grading plots in spine.plots."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from spine.calibrate import (
 from spine.constants import (CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, SEVERITIES, SEVERITY_WEIGHTS,
                              label_column, row_id)
 from spine.metric import score
-from spine.train.plots import plot_confusion, plot_reliability
+from spine.plots import plot_confusion, plot_reliability
 
 N_STUDIES = 120
 KEYS = [(c, lv) for c in CONDITIONS for lv in LEVELS]  # LABEL_COLUMNS order

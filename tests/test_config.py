@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from spine.config import ConfigError, compose
+from omegaconf import OmegaConf
+
+from spine.config import ConfigError, compose, to_yaml
+from spine.constants import GROUPS
 from spine.synth.config import SynthConfig
 
 
@@ -138,3 +141,35 @@ def test_experiment_rsna_help_lists_its_keys(capsys):
     assert _main("spine.train.__main__")(["stage=grading", "experiment=rsna", "--help"]) == 0
     out = capsys.readouterr().out
     assert "rsna" in out and "convnext_small" in out and "_stage_experiment" not in out.split("keys")[0]
+
+
+def test_view_size_and_named_views_change_views_in_one_line():
+    """stage.view_size resizes every view; a named view's key changes that view only; null drops it."""
+    from spine.data.views import ViewSet
+    from spine.train.config import load_config
+
+    views = ViewSet.from_config(load_config(["stage=grading", "stage.view_size=[5,64,48]"]).stage.views)
+    assert views.shape == (5, 64, 48) and views.num_views == 2
+    cfg = load_config(["stage=grading", "stage.views.spinal.axial_t2.mm=[48,48]"])
+    assert [v["mm"] for v in cfg.stage.views["spinal"]] == [[40.0, 40.0], [48.0, 48.0]]
+    assert [v["plane"] for v in cfg.stage.views["subarticular"]] == ["axial", "sagittal"]  # the schema's order
+    one = load_config(["stage=grading", *(f"stage.views.{g}.axial_t2=null" for g in GROUPS)]).stage.views
+    assert all(len(v) == 1 and v[0]["plane"] == "sagittal" for v in one.values())
+
+
+def test_run_config_with_view_lists_still_loads(tmp_path):
+    """A run folder written before named views stores {group: [view, ...]} with each view's size: read as before."""
+    from spine.data.views import ViewSet
+    from spine.run_folder import load_run_config
+    from spine.train.config import load_config
+
+    old = {"series": "Axial T2", "plane": "axial", "centre": "spinal", "size": [128, 128], "mm": [40.0, 40.0],
+           "slices": 5, "slice_mm": 3.0}
+    stage = {"name": "grading", "views": {g: [old, dict(old, plane="sagittal")] for g in GROUPS}}
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml({"model": {"name": "grading_views"}, "stage": stage}))
+    cfg = load_run_config(tmp_path)
+    assert cfg.stage.views == stage["views"]
+    assert ViewSet.from_config(cfg.stage.views).shape == (5, 128, 128)
+    new = load_config(["stage=grading", "experiment=rsna"])
+    (tmp_path / "config.yaml").write_text(to_yaml(new))  # what spine-train writes now reads back the same
+    assert ViewSet.from_config(load_run_config(tmp_path).stage.views) == ViewSet.from_config(new.stage.views)

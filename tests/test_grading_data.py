@@ -11,6 +11,7 @@ from spine.constants import CONDITIONS, LEVELS, SERIES_TYPES, label_column
 from spine.data.crops import crop_grid, fill_centres, level_axes, level_centres, sample_crop
 from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugment, WeightedEpochSampler,
                                 centre_table, label_table, study_weights)
+from spine.data.inputs import CropInput
 from spine.data.transforms import rotation_matrix
 from spine.data.volume import SeriesVolume
 
@@ -71,8 +72,8 @@ def test_left_of_the_patient_is_the_high_end_of_crop_axis_i_and_a_mirror_swaps_t
     centres = np.stack([np.array([0.0, 0.0, 180.0 - 36.0 * lv]) for lv in range(5)])[None]
     labels = np.zeros((1, 5, 5), np.int64)
     labels[0, :, CONDITIONS.index("left_neural_foraminal_narrowing")] = 2  # severe on the left only
-    common = dict(cache=cache, study_ids=[1], labels=labels, centres=centres, series=list(SERIES_TYPES),
-                  size=(16, 8, 8), crop_mm=(32.0, 16.0, 16.0))
+    common = dict(cache=cache, study_ids=[1], labels=labels, centres=centres,
+                  reader=CropInput(tuple(SERIES_TYPES), (16, 8, 8), (32.0, 16.0, 16.0)))
     item = GradingDataset(**common)[0]
     image = item["image"].numpy()
     assert image.shape == (5, 3, 16, 8, 8)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ from spine.data.grid import SamplingGrid
 from spine.data.landmarks import LandmarkDataset, point_names
 from spine.data.transforms import GridAffine, RandomGridAffine, lr_swap_permutation
 from spine.data.volume import SeriesVolume
-from spine.train.landmarks import landmark_metrics, truth_frame
+from spine.evaluate import landmark_metrics, truth_frame
 
 SERIES = ["Sagittal T2/STIR", "Sagittal T1"]
 GRID, SPACING = (16, 40, 40), (6.0, 7.0, 7.0)

@@ -23,7 +23,8 @@ from spine.constants import (
     row_id,
     study_row_ids,
 )
-from spine.metric import labels_to_long, per_condition_level, score
+from spine.io.tables import labels_to_long
+from spine.metric import per_condition_level, score
 
 NM, MOD, SEV = SEVERITIES
 SPINAL, LEFT_NFN, RIGHT_NFN, LEFT_SS, RIGHT_SS = CONDITIONS

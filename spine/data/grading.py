@@ -1,13 +1,13 @@
 """The grading dataset: for each study, the model input of every disc level and the 5 x 5 grades.
 
 An item is a whole study (the metric's any-severe-spinal part needs all five levels of a study in one
-batch). Two kinds of input, one per model family:
+batch). The model's input kind (:mod:`spine.data.inputs`, declared by the model) builds the ``image``:
 
-- crops (``views=None``): ``image`` (L, C, X, Y, Z) = 5 levels x channels (series types) x one co-registered
-  crop grid (:mod:`spine.data.crops`). Training crops move like the landmark model errs
+- crops (:class:`~spine.data.inputs.CropInput`): ``image`` (L, C, X, Y, Z) = 5 levels x channels (series
+  types) x one co-registered crop grid (:mod:`spine.data.crops`). Training crops move like the landmark model errs
   (:class:`RandomCropAugment`): Gaussian jitter of each centre, an occasional one-level shift, small
   rotations and zooms, and a mirror across the sagittal midline that swaps the left and right labels.
-- views (a :class:`~spine.data.views.ViewSet`): ``image`` (L, K, V, S, H, W) = levels x conditions x views x
+- views (:class:`~spine.data.inputs.ViewInput`): ``image`` (L, K, V, S, H, W) = levels x conditions x views x
   slices (:func:`spine.data.views.build_views`, the builder ``spine-predict`` uses too). Training points move
   like the landmark run erred (:class:`RandomPointAugment`: whole-study error draws from its out-of-fold
   predictions), plus small rotations and zooms of every view.
@@ -32,10 +32,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from spine.constants import CONDITIONS, LEVELS, SEVERITIES, label_column, series_type
-from spine.data.crops import build_crops, fill_centres, level_axes, level_centres
+from spine.data.crops import fill_centres, level_centres
+from spine.data.inputs import GradingInput
 from spine.data.landmarks import truth_table
 from spine.data.transforms import GridAffine, IntensityAugment, RandomGridAffine, lr_swap_permutation
-from spine.data.views import ViewSet, build_views
 from spine.data.volume import SeriesVolume
 
 # target[:, CONDITION_SWAP] relabels the conditions of a crop mirrored left <-> right
@@ -176,9 +176,9 @@ class RandomPointAugment:
 
 # ---------------------------------------------------------------------------------------------- dataset
 class GradingDataset(Dataset):
-    """Items: ``image`` (L, C, X, Y, Z) float32, ``present`` (C,) bool, ``target`` (L, K) int64,
-    ``centre`` (L, 3) LPS mm of the crops (after augmentation), ``flip`` (labels were mirrored left <-> right),
-    ``study_id``, ``index``.
+    """Items: ``image`` (L, ...) float32 (the input's ``item_shape`` per level), ``present`` (P,) bool,
+    ``target`` (L, K) int64, ``centre`` (L, 3) LPS mm of the levels (after augmentation), ``flip`` (labels were
+    mirrored left <-> right), ``study_id``, ``index``.
 
     Args:
         cache: a :class:`spine.preprocess.cache.Cache` (volumes are read memory-mapped).
@@ -186,33 +186,29 @@ class GradingDataset(Dataset):
         labels: ``(n, L, K)`` grades (:func:`label_table`); -1 everywhere for unlabelled (test) studies.
         centres: ``(n, L, 3)`` level centres, LPS mm, NaN rows allowed (filled along the levels); a study
             with no centre at all cannot be cropped and raises when accessed.
-        series: channel order (series descriptions).
-        size, crop_mm, align: the crop grid (:func:`spine.data.crops.crop_grid`, :func:`level_axes`).
+        reader: what the model reads (:mod:`spine.data.inputs`: a :class:`~spine.data.inputs.CropInput` or a
+            :class:`~spine.data.inputs.ViewInput`); it names the series and builds every item's ``image``.
+        points: ``(n, K, L, 3)`` points (LPS mm, NaN where missing); needed by inputs centred on points
+            (views), else optional.
         augment, intensity: training randomness, or None (evaluation): a :class:`RandomCropAugment` for
             crops, a :class:`RandomPointAugment` for views.
         seed: with the epoch and the index, fixes each item's random draws.
-        views, points: per-condition views instead of crops (``image`` (L, K, V, S, H, W)): the
-            :class:`~spine.data.views.ViewSet` and the ``(n, K, L, 3)`` points (LPS mm, NaN where missing)
-            they are centred on (``centres`` is then only reported).
     """
 
     def __init__(self, cache, study_ids: Sequence[int], labels: np.ndarray, centres: np.ndarray,
-                 series: Sequence[str], size: Sequence[int], crop_mm: Sequence[float], align: bool = True,
-                 percentiles: Sequence[float] = (1.0, 99.0), augment: RandomCropAugment | None = None,
-                 intensity: IntensityAugment | None = None, seed: int = 0, max_open: int = 256,
-                 views: ViewSet | None = None, points: np.ndarray | None = None):
+                 reader: GradingInput, points: np.ndarray | None = None, percentiles: Sequence[float] = (1.0, 99.0),
+                 augment: RandomCropAugment | RandomPointAugment | None = None,
+                 intensity: IntensityAugment | None = None, seed: int = 0, max_open: int = 256):
         self.cache = cache
-        self.views = views
+        self.reader = reader
         self.points = None if points is None else np.asarray(points, dtype=np.float64)
-        if views is not None and (self.points is None or len(self.points) != len(study_ids)):
-            raise ValueError("views need points: one (K, L, 3) table per study")
         self.study_ids = [int(s) for s in study_ids]
+        if self.points is not None and len(self.points) != len(self.study_ids):
+            raise ValueError("points need one (K, L, 3) table per study")
         self.labels = np.asarray(labels, dtype=np.int64)
         self.centres = np.asarray(centres, dtype=np.float64)
         if len(self.labels) != len(self.study_ids) or len(self.centres) != len(self.study_ids):
             raise ValueError("labels and centres need one row per study")
-        self.series = list(series)
-        self.size, self.crop_mm, self.align = tuple(int(v) for v in size), tuple(crop_mm), bool(align)
         self.percentiles = tuple(float(p) for p in percentiles)
         self.augment, self.intensity = augment, intensity
         self.seed, self.epoch = int(seed), 0
@@ -221,6 +217,11 @@ class GradingDataset(Dataset):
                             for key, group in ok.groupby(["study_id", "description"])}
         self._volumes: OrderedDict = OrderedDict()
         self._max_open = int(max_open)
+
+    @property
+    def series(self) -> list[str]:
+        """The series the input reads, in ``present`` order."""
+        return self.reader.series
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -235,55 +236,25 @@ class GradingDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """``dataset[index]`` or ``dataset[(epoch, index)]`` (what the training sampler yields)."""
         epoch, index = key if isinstance(key, tuple) else (None, key)
-        if self.views is not None:
-            return self._views_item(index, epoch)
-        study = self.study_ids[index]
-        volumes = [self.volume(study, desc) for desc in self.series]
-        rng = np.random.default_rng(self.item_seed(index, epoch))
-        centres = fill_centres(self.centres[index])
-        axes = level_axes(centres, self.align)  # from the unaugmented centres: the anatomy's own axis
-        target, affine = self.labels[index].copy(), None
-        if self.augment is not None:
-            twin = self.augment.sample(rng, len(centres))
-            centres, affine = twin.centres(centres), twin.affine
-        crops, present = build_crops(volumes, centres, axes, self.size, self.crop_mm, affine)
-        image = torch.from_numpy(crops)
-        if self.intensity is not None:
-            seeds = rng.integers(2**31, size=len(crops))
-            image = torch.stack([self.intensity(crop, int(s))[0].float() for crop, s in zip(image, seeds)])
-        flip = bool(affine is not None and affine.flip_lr)
-        if flip:
-            target = target[:, CONDITION_SWAP]  # the crop's "left" half now shows the patient's right
-        return {
-            "image": image.contiguous(),
-            "present": torch.from_numpy(present),
-            "target": torch.from_numpy(target),
-            "centre": torch.from_numpy(centres),
-            "flip": torch.tensor(flip),
-            "study_id": torch.tensor(study, dtype=torch.int64),
-            "index": torch.tensor(index, dtype=torch.int64),
-        }
-
-    def _views_item(self, index: int, epoch: int | None) -> dict:
         study = self.study_ids[index]
         rng = np.random.default_rng(self.item_seed(index, epoch))
-        points, affine = self.points[index], None
-        if self.augment is not None:
-            twin = self.augment.sample(rng, points)
-            points, affine = twin.points(points), twin.affine
-        volumes = {desc: self.volume(study, desc) for desc in self.views.series}
-        views, present = build_views(volumes, points, self.views, self.align, affine)
-        image = torch.from_numpy(views)  # (L, K, V, S, H, W)
-        if self.intensity is not None:
+        volumes = {desc: self.volume(study, desc) for desc in self.reader.series}
+        points = None if self.points is None else self.points[index]
+        drawn = self.reader.draw(volumes, points, self.centres[index], rng, self.augment)
+        image = torch.from_numpy(drawn.image)  # (L, ...)
+        if self.intensity is not None:  # one draw per level, on its (channels, ...) 4D view
             seeds = rng.integers(2**31, size=len(image))
-            image = torch.stack([self.intensity(v.flatten(0, 1), int(s))[0].float().view(v.shape)
+            image = torch.stack([self.intensity(v.reshape(-1, *v.shape[-3:]), int(s))[0].float().view(v.shape)
                                  for v, s in zip(image, seeds)])
+        target = self.labels[index].copy()
+        if drawn.flip:
+            target = target[:, CONDITION_SWAP]  # the input's "left" half now shows the patient's right
         return {
             "image": image.contiguous(),
-            "present": torch.from_numpy(present),
-            "target": torch.from_numpy(self.labels[index].copy()),
-            "centre": torch.from_numpy(fill_centres(level_centres(points))),
-            "flip": torch.tensor(False),
+            "present": torch.from_numpy(drawn.present),
+            "target": torch.from_numpy(target),
+            "centre": torch.from_numpy(drawn.centres),
+            "flip": torch.tensor(drawn.flip),
             "study_id": torch.tensor(study, dtype=torch.int64),
             "index": torch.tensor(index, dtype=torch.int64),
         }

@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from spine.data.grid import SamplingGrid
 from spine.io.dicom import DicomStack
-from spine.preprocess.config import DEFAULT_MAX_GAP_FACTOR
+from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR
 
 __all__ = ["SeriesVolume", "robust_range"]
 

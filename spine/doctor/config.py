@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 from spine.config import require_range
 from spine.device import check_device
+from spine.doctor.registry import check_names
 
-CHECKS = ("label_positions", "level_order", "left_right", "input_fidelity", "slice_order", "labels", "learn",
-          "throughput")
 STAGE_NAMES = ("landmarks", "grading")
 
 
@@ -28,7 +27,7 @@ class DoctorConfig:
     # (quote values holding brackets: ['stage.grid.size=[8,32,32]']).
     train: list[str] = field(default_factory=list)
     out: str = "doctor"  # folder for doctor.json and the PNGs
-    checks: list[str] = field(default_factory=lambda: list(CHECKS))  # which checks to run, in this order
+    checks: list[str] = field(default_factory=lambda: list(check_names()))  # which checks to run, in this order
     data_dir: str = ""  # RSNA-layout folder with the DICOM; empty: the data_dir recorded in the cache's cache.json
     labels: str = ""  # train.csv; empty: <data_dir>/train.csv
     seed: int = 0  # which studies are drawn and re-derived
@@ -72,9 +71,10 @@ class DoctorConfig:
     throughput_steps: int = 3  # timed training steps (after one warm-up step)
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.checks if c not in CHECKS]
+        known = check_names()  # the registered checks (spine.doctor.registry), in their default order
+        unknown = [c for c in self.checks if c not in known]
         if unknown:
-            raise ValueError(f"checks: unknown {unknown}; checks are {', '.join(CHECKS)}")
+            raise ValueError(f"checks: unknown {unknown}; checks are {', '.join(known)}")
         if self.stage not in STAGE_NAMES:
             raise ValueError(f"stage must be one of {', '.join(STAGE_NAMES)}, got {self.stage!r}")
         if len(self.level_spacing_mm) != 2 or not 0 <= self.level_spacing_mm[0] < self.level_spacing_mm[1]:

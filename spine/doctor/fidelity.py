@@ -15,6 +15,7 @@ from math import gcd
 import numpy as np
 import pandas as pd
 
+from spine.doctor.registry import check
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult
 
 _MAX_VALUES = 2_000_000  # voxels of a series read for the distinct values (strided subsample)
@@ -105,6 +106,8 @@ def series_order(stacks_numbers) -> str:
 
 
 # --------------------------------------------------------------------------------------- the checks
+@check("input_fidelity", order=40, help=(
+    "distinct intensity values, 8-bit or otherwise quantised input, clipping, NaN"))
 def check_input_fidelity(ctx) -> CheckResult:
     cfg, cache = ctx.cfg, ctx.cache
     ok = cache.series[cache.series.status == "ok"]
@@ -156,6 +159,8 @@ def check_input_fidelity(ctx) -> CheckResult:
                         "notes": notes}, figures)
 
 
+@check("slice_order", order=50, help=(
+    "InstanceNumber order against the IPP order (spine never uses InstanceNumber: a warning)"))
 def check_slice_order(ctx) -> CheckResult:
     cfg, cache = ctx.cfg, ctx.cache
     ok = cache.series[cache.series.status == "ok"]

@@ -16,6 +16,7 @@ import pandas as pd
 
 from spine.constants import (CONDITION_NAMES, CONDITION_SERIES, CONDITIONS, LEVEL_NAMES, LEVELS, SEVERITIES,
                              label_column, series_type)
+from spine.doctor.registry import check
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult
 
 _COND = dict(zip(CONDITION_NAMES, CONDITIONS))
@@ -106,6 +107,7 @@ def label_summary(labels: pd.DataFrame, coords: pd.DataFrame, folds: pd.DataFram
             "studies": len(labelled_studies)}
 
 
+@check("labels", order=60, help="class balance per condition and level, missing grades or points, fold balance")
 def check_labels(ctx) -> CheckResult:
     cfg, cache = ctx.cfg, ctx.cache
     path = ctx.labels_path

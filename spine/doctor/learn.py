@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from spine.config import ConfigError
+from spine.doctor.registry import check
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult
 
 
@@ -166,6 +167,8 @@ def judge_learning(curve: list[dict], key: str, n_batches: int, max_ratio: float
 
 
 # --------------------------------------------------------------------------------------------- the check
+@check("learn", order=70, help=(
+    "the configured model memorises 8 studies: its training loss must go close to zero"))
 def check_learn(ctx) -> CheckResult:
     from torch.utils.data import default_collate
 

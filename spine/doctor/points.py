@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS, SERIES_TYPES, condition_side
+from spine.doctor.registry import check
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult, share_status
 from spine.preprocess.coordinates import UNRESOLVED_CSV, label_defect
 
@@ -180,6 +181,7 @@ def side_problems(coords: pd.DataFrame, min_left_right_mm: float = 0.0) -> pd.Da
 
 
 # --------------------------------------------------------------------------------------- the checks
+@check("level_order", order=20, help="levels in anatomical order along the spine, at a plausible disc spacing")
 def check_level_order(ctx) -> CheckResult:
     cfg, coords = ctx.cfg, ctx.cache.coordinates
     if coords.empty:
@@ -199,6 +201,8 @@ def check_level_order(ctx) -> CheckResult:
                        {"studies": total, "bad_studies": studies, "bad_pairs": bad})
 
 
+@check("left_right", order=30, help=(
+    "every left point at the patient's left (+x) of its right partner (lists the studies)"))
 def check_left_right(ctx) -> CheckResult:
     cfg, coords = ctx.cfg, ctx.cache.coordinates
     if coords.empty:
@@ -221,6 +225,10 @@ def check_left_right(ctx) -> CheckResult:
                                                                  "bad_pairs": bad})
 
 
+@check("label_positions", order=10, help=(
+    "every label point's world position re-derived from its DICOM pixel agrees with the cache, its cached voxel "
+    "lies on its instance; PNGs of N random studies per series type, the points on the DICOM slice beside the "
+    "slice sampled from the cache through them (swapped x/y, labels on the wrong image)"))
 def check_label_positions(ctx) -> CheckResult:
     """World positions re-derived from the cache's instance geometry (every point) and the DICOM (a sample),
     voxels against world positions and instances, and the PNGs of the drawn studies."""

@@ -7,26 +7,20 @@ import time
 import traceback
 from pathlib import Path
 
-from spine.doctor.fidelity import check_input_fidelity, check_slice_order
-from spine.doctor.labels import check_labels
-from spine.doctor.learn import check_learn
-from spine.doctor.points import check_label_positions, check_left_right, check_level_order
+from spine.doctor.registry import check_function
 from spine.doctor.result import FAIL, CheckResult, Context, worst, write_json
-from spine.doctor.throughput import check_throughput
 
 log = logging.getLogger(__name__)
 
-CHECKS = {"label_positions": check_label_positions, "level_order": check_level_order, "left_right": check_left_right,
-          "input_fidelity": check_input_fidelity, "slice_order": check_slice_order, "labels": check_labels,
-          "learn": check_learn, "throughput": check_throughput}
 REPORT_JSON = "doctor.json"
 
 
 def run_check(name: str, ctx: Context) -> CheckResult:
-    """One check; a check that raises is a failure that says why (the other checks still run)."""
+    """One registered check (:mod:`spine.doctor.registry`); a check that raises is a failure that says why (the
+    other checks still run)."""
     started = time.perf_counter()
     try:
-        result = CHECKS[name](ctx)
+        result = check_function(name)(ctx)
     except Exception as err:  # noqa: BLE001 - the doctor reports, it never stops at the first problem
         log.debug("check %s raised", name, exc_info=True)
         result = CheckResult(name, FAIL, f"could not run: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",

@@ -14,6 +14,7 @@ import os
 import time
 
 from spine.doctor.learn import build_model, build_stage, stage_datasets, train_config
+from spine.doctor.registry import check
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult
 
 
@@ -112,6 +113,8 @@ def throughput_advice(loader_items_s: float, model_items_s: float, workers: int,
     return WARN, summary + " (the loader starves the model)", lines
 
 
+@check("throughput", order=80, help=(
+    "the loader's items/s against the model's step rate here, and the advice that follows"))
 def check_throughput(ctx) -> CheckResult:
     from spine.train.runtime import seed_everything, setup_runtime, teardown, to_channels_last
 

@@ -2,7 +2,8 @@
 
 - `read_csv_checked`: any CSV; a missing, binary or unparsable file is a `TableError` (a ValueError) whose
   message is one line naming the file.
-- `read_train_labels`: ``train.csv``, checked with the metric's rules (:func:`spine.metric.labels_to_long`:
+- `labels_to_long`: train.csv-format labels -> one row per (study, condition, level), the metric's input.
+- `read_train_labels`: ``train.csv``, checked with the metric's rules (`labels_to_long`:
   every label column present, grades in ``SEVERITIES`` or empty) plus integer study ids, one row per study
   (identical repeated rows are kept once with a warning, differing ones refused).
 - `read_listing`: a ``*_series_descriptions.csv``; rows whose ids are not integers are skipped with a reason
@@ -27,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine.constants import (CONDITION_NAMES, LEVEL_NAMES, canonical_condition, canonical_description,
-                             canonical_level, series_type)
+from spine.constants import (CONDITION_NAMES, LABEL_COLUMNS, LEVEL_NAMES, LEVELS, CONDITIONS, SEVERITIES,
+                             canonical_condition, canonical_description, canonical_level, row_id, series_type)
 from spine.errors import InputError
-from spine.metric import labels_to_long
 
-__all__ = ["COORDINATE_INPUT_COLUMNS", "LISTING_COLUMNS", "Listing", "TableError", "read_coordinates",
+__all__ = ["COORDINATE_INPUT_COLUMNS", "LISTING_COLUMNS", "Listing", "TableError", "labels_to_long", "read_coordinates",
            "read_csv_checked", "read_listing", "read_train_labels"]
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ _INTEGER = re.compile(r"\+?(\d+)(?:\.0*)?")  # 1001, also 1001.0 (a column that 
 _MAX_ID = 2**63 - 1  # ids and instance numbers are int64, never negative
 _LISTING_SERIES_COLUMNS = ["study_id", "series_id", "description", "written", "line"]
 _SKIPPED_COLUMNS = ["line", "study_id", "series_id", "reason"]
+_COLUMN_KEYS: tuple[tuple[str, str], ...] = tuple((c, lv) for c in CONDITIONS for lv in LEVELS)  # LABEL_COLUMNS
 
 
 class TableError(InputError, ValueError):
@@ -122,6 +123,55 @@ def _id_problem(name: str, value: object) -> str:
 
 
 # ------------------------------------------------------------------------------------------- train.csv
+def _study_key(study_id: object) -> int | str:
+    """``study_id`` as used in row ids: an int where it is integral (1001.0 -> 1001), else the string."""
+    if isinstance(study_id, (int, np.integer)):
+        return int(study_id)
+    if isinstance(study_id, (float, np.floating)) and float(study_id).is_integer():
+        return int(study_id)
+    if isinstance(study_id, str) and study_id.strip():
+        return study_id.strip()
+    raise ValueError(f"labels: invalid study_id {study_id!r}")
+
+
+def labels_to_long(labels: pd.DataFrame) -> pd.DataFrame:
+    """train.csv-format labels -> one row per (study, condition, level).
+
+    Columns: ``row_id, study_id, condition, level, severity`` where severity is the float index 0..2 into
+    ``SEVERITIES`` or NaN where the label is missing. Rows come study by study in train.csv column order.
+    Raises ValueError on missing columns, duplicate study ids and label strings not in ``SEVERITIES``;
+    other columns of ``labels`` are ignored.
+    """
+    missing = [c for c in ("study_id", *LABEL_COLUMNS) if c not in labels.columns]
+    if missing:
+        raise ValueError(f"labels: missing required columns: {_examples([repr(m) for m in missing])}")
+    studies = [_study_key(s) for s in labels["study_id"].tolist()]
+    dup = pd.Series(studies)[pd.Series(studies).duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"labels: duplicate study_id: {_examples([repr(d) for d in dup])}")
+
+    grades = labels.loc[:, list(LABEL_COLUMNS)].to_numpy(dtype=object)  # (n_studies, 25), a copy
+    code = {s: float(i) for i, s in enumerate(SEVERITIES)}
+    severity = np.full(grades.shape, np.nan)
+    bad: list[str] = []
+    for (i, j), value in np.ndenumerate(grades):
+        if isinstance(value, str) and value in code:
+            severity[i, j] = code[value]
+        elif not (value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA):
+            bad.append(f"{row_id(studies[i], *_COLUMN_KEYS[j])}: {value!r}")
+    if bad:
+        raise ValueError(f"labels: values not in {SEVERITIES} (or empty): {_examples(bad)}")
+
+    keys = [(s, c, lv) for s in studies for c, lv in _COLUMN_KEYS]
+    return pd.DataFrame({
+        "row_id": [row_id(*k) for k in keys],
+        "study_id": [k[0] for k in keys],
+        "condition": [k[1] for k in keys],
+        "level": [k[2] for k in keys],
+        "severity": severity.reshape(-1),
+    })
+
+
 def read_train_labels(path: str | Path) -> pd.DataFrame:
     """train.csv with ``study_id`` as int64, one row per study, every label column a grade or empty.
 

@@ -13,6 +13,7 @@ import sys
 from spine.config import compose_or_exit
 from spine.errors import command
 
+PROG = "spine-kaggle"  # the console script; python -m spine.kaggle is the same command
 USAGE = __doc__.split("\n\n")[1].rstrip()
 BUILD_HELP = """python -m spine.kaggle build: the two Kaggle datasets and the notebook of an offline submission.
 
@@ -31,14 +32,14 @@ submission against the test labels. docs/kaggle.md, "Self-test"."""
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(f"usage: python -m spine.kaggle COMMAND key=value ...\n\n{USAGE}\n\n"
-              "python -m spine.kaggle COMMAND --help lists its keys; docs/kaggle.md explains them.")
+        print(f"usage: {PROG} COMMAND key=value ...\n\n{USAGE}\n\n"
+              f"{PROG} COMMAND --help lists its keys; docs/kaggle.md explains them.")
         return 0 if args else 2
     command, overrides = args[0], args[1:]
     if command == "build":
         from spine.kaggle.config import BuildConfig
 
-        cfg = compose_or_exit("kaggle_build", overrides, BuildConfig, BUILD_HELP, prog="python -m spine.kaggle build")
+        cfg = compose_or_exit("kaggle_build", overrides, BuildConfig, BUILD_HELP, prog=f"{PROG} build")
         from spine.kaggle.build import BuildError, build
         from spine.kaggle.wheels import WheelError
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         from spine.kaggle.config import SelftestConfig
 
         cfg = compose_or_exit("kaggle_selftest", overrides, SelftestConfig, SELFTEST_HELP,
-                              prog="python -m spine.kaggle selftest")
+                              prog=f"{PROG} selftest")
         from spine.kaggle.selftest import SelftestError, selftest
 
         try:

@@ -41,7 +41,7 @@ from torch import nn
 
 from spine.constants import CONDITIONS, condition_side
 from spine.models.landmarks import create_backbone, pooled_encoder_2d
-from spine.models.registry import register_model
+from spine.models.registry import register_model, spread_backbone_kwargs
 
 
 def side_signs(conditions: Sequence[str] = CONDITIONS) -> list[float]:
@@ -276,7 +276,7 @@ def _dry_run_shape(encoder: nn.Module, shape: Sequence[int]) -> tuple[int, ...]:
 # crop_size) plus model options.
 
 
-@register_model
+@register_model(inputs="crops")
 def grading_3d(in_chans: int = 3, num_levels: int = 5, num_conditions: int = 5, num_classes: int = 3,
                crop_size: Sequence[int] = (64, 64, 64), backbone: str = "resnet18", head_dim: int = 128,
                num_heads: int = 4, num_layers: int = 0, dropout: float = 0.1, side_prior: float = 2.0,
@@ -284,12 +284,10 @@ def grading_3d(in_chans: int = 3, num_levels: int = 5, num_conditions: int = 5, 
                backbone_kwargs: dict | None = None) -> GradingNet3D:
     """3D grading net on a timm-3d backbone cut at stride 16 (default resnet18, its layers 1-3: 8.4 M parameters
     in all)."""
-    return GradingNet3D(backbone, in_chans, num_levels, num_conditions, num_classes, crop_size, head_dim,
-                        num_heads, num_layers, dropout, side_prior, pretrained, pretrained_file,
-                        **(backbone_kwargs or {}))
+    return GradingNet3D(**spread_backbone_kwargs(locals()))
 
 
-@register_model
+@register_model(inputs="crops")
 def grading_25d(in_chans: int = 3, num_levels: int = 5, num_conditions: int = 5, num_classes: int = 3,
                 crop_size: Sequence[int] = (64, 64, 64), backbone: str = "resnet18", slices_per_token: int = 4,
                 head_dim: int = 128, num_heads: int = 4, num_layers: int = 1, dropout: float = 0.1,
@@ -297,12 +295,10 @@ def grading_25d(in_chans: int = 3, num_levels: int = 5, num_conditions: int = 5,
                 backbone_kwargs: dict | None = None) -> GradingNet25D:
     """2.5D grading net: a timm 2D backbone (default resnet18, 11.5 M parameters in all) on slabs of
     ``slices_per_token`` sagittal slices."""
-    return GradingNet25D(backbone, in_chans, num_levels, num_conditions, num_classes, crop_size,
-                         slices_per_token, head_dim, num_heads, num_layers, dropout, side_prior, pretrained,
-                         pretrained_file, **(backbone_kwargs or {}))
+    return GradingNet25D(**spread_backbone_kwargs(locals()))
 
 
-@register_model
+@register_model(inputs="crops")
 def grading_3d_small(in_chans: int = 3, num_levels: int = 5, num_conditions: int = 5, num_classes: int = 3,
                      crop_size: Sequence[int] = (32, 32, 32), head_dim: int = 64, num_heads: int = 4,
                      num_layers: int = 0, dropout: float = 0.1,
@@ -310,24 +306,20 @@ def grading_3d_small(in_chans: int = 3, num_levels: int = 5, num_conditions: int
     """CPU-sized 3D grading net (0.66 M parameters): :class:`PlainEncoder3D`, BatchNorm 3x3x3 convolutions.
     It replaced a narrow timm-3d ConvNeXt (LayerNorm, layer scale 1e-6, 4^3 patchify stem) that did not learn
     in a CPU budget (1 % of the prior-to-oracle gap); docs/grading.md has the measurements."""
-    return GradingNet3D("plain", in_chans, num_levels, num_conditions, num_classes, crop_size, head_dim, num_heads,
-                        num_layers, dropout, channels=tuple(channels))
+    return GradingNet3D(backbone="plain", **{**locals(), "channels": tuple(channels)})
 
 
-@register_model
+@register_model(inputs="crops")
 def grading_3d_tiny(in_chans: int = 3, num_levels: int = 5, num_conditions: int = 5, num_classes: int = 3,
                     crop_size: Sequence[int] = (64, 64, 64), head_dim: int = 32, num_heads: int = 2,
                     dropout: float = 0.0) -> GradingNet3D:
     """A few tens of thousands of parameters: timm-3d ConvNeXt with narrow stages, for tests and smoke runs."""
-    return GradingNet3D("convnext_atto", in_chans, num_levels, num_conditions, num_classes, crop_size, head_dim,
-                        num_heads, 0, dropout, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1))
+    return GradingNet3D(backbone="convnext_atto", **locals(), num_layers=0, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1))
 
 
-@register_model
+@register_model(inputs="crops")
 def grading_25d_tiny(in_chans: int = 3, num_levels: int = 5, num_conditions: int = 5, num_classes: int = 3,
                      crop_size: Sequence[int] = (64, 64, 64), slices_per_token: int = 4, head_dim: int = 32,
                      num_heads: int = 2, dropout: float = 0.0) -> GradingNet25D:
     """A small 2.5D grading net: timm ResNet-10-T with narrow stages, for tests and smoke runs."""
-    return GradingNet25D("resnet10t", in_chans, num_levels, num_conditions, num_classes, crop_size,
-                         slices_per_token, head_dim, num_heads, 1, dropout, stem_width=8,
-                         channels=(16, 16, 32, 64))
+    return GradingNet25D(backbone="resnet10t", **locals(), num_layers=1, stem_width=8, channels=(16, 16, 32, 64))

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from spine.models.landmarks import pooled_encoder_2d
-from spine.models.registry import register_model
+from spine.models.registry import register_model, spread_backbone_kwargs
 
 DEFAULT_GROUPS: tuple[int, ...] = (0, 1, 1, 2, 2)  # CONDITIONS -> GROUPS index (spinal, foraminal, subarticular)
 SLICE_MODES: tuple[str, ...] = ("mil", "channels")
@@ -109,8 +109,9 @@ class GradingViewsNet(nn.Module):
 
 # ------------------------------------------------------------------------------------------ registry
 # Constructors take the stage's view description (view_shape, num_views, groups, num_levels, num_classes,
-# num_present) plus model options.
-@register_model
+# num_present: ViewInput.model_kwargs) plus model options, and pass their own arguments on by keyword
+# (``**locals()``: exactly the signature, which create_model checks) with their fixed choices.
+@register_model(inputs="views")
 def grading_views(view_shape: Sequence[int] = (5, 128, 128), num_views: int = 2,
                   groups: Sequence[int] = DEFAULT_GROUPS, num_levels: int = 5, num_classes: int = 3,
                   num_present: int = 3, backbone: str = "convnext_small", dim: int = 256, dropout: float = 0.2,
@@ -118,26 +119,23 @@ def grading_views(view_shape: Sequence[int] = (5, 128, 128), num_views: int = 2,
                   backbone_kwargs: dict | None = None) -> GradingViewsNet:
     """GPU-sized views model: a ConvNeXt-S class 2D encoder per slice (``pretrained_file`` for local ImageNet
     weights), attention pooling over slices, per-group fusion and per-level heads."""
-    return GradingViewsNet(backbone, view_shape, num_views, groups, num_levels, num_classes, num_present, dim,
-                           dropout, "mil", pretrained, pretrained_file, **(backbone_kwargs or {}))
+    return GradingViewsNet(slice_mode="mil", **spread_backbone_kwargs(locals()))
 
 
-@register_model
+@register_model(inputs="views")
 def grading_views_small(view_shape: Sequence[int] = (3, 32, 32), num_views: int = 2,
                         groups: Sequence[int] = DEFAULT_GROUPS, num_levels: int = 5, num_classes: int = 3,
                         num_present: int = 3, dim: int = 64, dropout: float = 0.1,
                         slice_mode: str = "channels") -> GradingViewsNet:
     """CPU-sized views model: a narrow timm ResNet-10-T reading each view's slices as channels (trains in
     minutes on 2 cores)."""
-    return GradingViewsNet("resnet10t", view_shape, num_views, groups, num_levels, num_classes, num_present, dim,
-                           dropout, slice_mode, stem_width=16, channels=(16, 32, 64, 96))
+    return GradingViewsNet(backbone="resnet10t", **locals(), stem_width=16, channels=(16, 32, 64, 96))
 
 
-@register_model
+@register_model(inputs="views")
 def grading_views_tiny(view_shape: Sequence[int] = (3, 16, 16), num_views: int = 2,
                        groups: Sequence[int] = DEFAULT_GROUPS, num_levels: int = 5, num_classes: int = 3,
                        num_present: int = 3, dim: int = 16, dropout: float = 0.0,
                        slice_mode: str = "mil") -> GradingViewsNet:
     """A few thousand parameters, for tests and smoke runs."""
-    return GradingViewsNet("resnet10t", view_shape, num_views, groups, num_levels, num_classes, num_present, dim,
-                           dropout, slice_mode, stem_width=8, channels=(8, 8, 16, 16))
+    return GradingViewsNet(backbone="resnet10t", **locals(), stem_width=8, channels=(8, 8, 16, 16))

@@ -17,13 +17,30 @@ from typing import Any
 _MODELS: dict[str, Callable[..., Any]] = {}
 
 
-def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator: register ``fn`` under its own name. Names must be unique."""
-    name = fn.__name__
-    if name in _MODELS and _MODELS[name] is not fn:
-        raise ValueError(f"model {name!r} is registered twice")
-    _MODELS[name] = fn
-    return fn
+_INPUTS: dict[str, str] = {}  # model name -> the input kind it reads (grading models: spine.data.inputs)
+
+
+def register_model(fn: Callable[..., Any] | None = None, *, inputs: str | None = None):
+    """Decorator: register ``fn`` under its own name. Names must be unique.
+
+    ``@register_model(inputs="crops")``: the model also declares what it reads (a kind of
+    :data:`spine.data.inputs.INPUT_KINDS`), which decides its data everywhere (training, inference, report).
+    """
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = fn.__name__
+        if name in _MODELS and _MODELS[name] is not fn:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = fn
+        if inputs is not None:
+            _INPUTS[name] = inputs
+        return fn
+    return register if fn is None else register(fn)
+
+
+def model_inputs(name: str) -> str | None:
+    """The input kind model ``name`` declares (``register_model(inputs=...)``), None if it declares none."""
+    _entrypoint(name)
+    return _INPUTS.get(name)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -37,6 +54,13 @@ def model_arguments(name: str) -> list[str]:
     fn = _entrypoint(name)
     return [p.name for p in inspect.signature(fn).parameters.values()
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def spread_backbone_kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    """An entry point's own arguments (``locals()``) as keywords for its network class, ``backbone_kwargs``
+    (the timm encoder's options) spread among them: ``Net(**spread_backbone_kwargs(locals()), ...)``."""
+    args = dict(args)
+    return {**args, **(args.pop("backbone_kwargs", None) or {})}
 
 
 def create_model(name: str, weights: str | Path | None = None, **kwargs: Any):

@@ -29,7 +29,7 @@ import torch
 from spine.constants import LABEL_COLUMNS, LEVEL_NAMES, PROB_COLUMNS
 from spine.data.crops import fill_centres, level_centres
 from spine.models.decode import LandmarkDecoder
-from spine.predict.grading import RunFailed, grade_crops, grade_views
+from spine.predict.grading import RunFailed, grade
 from spine.predict.landmarks import run_points
 from spine.predict.runs import Run, load_run, resolve_device
 from spine.predict.study import Issue, PredictError, StudyInfo, finalise, first_lines, study_frame
@@ -85,7 +85,7 @@ class Predictor:
         if self.device.type == "cuda" and amp != "none":
             self.amp_dtype = torch.bfloat16 if amp == "bf16" and torch.cuda.is_bf16_supported() else torch.float16
         self.tta, self.batch_size = bool(tta), int(batch_size)
-        if self.tta and any(run.views is not None for run in grading_runs):
+        if self.tta and any(not run.reader.tta for run in grading_runs):
             log.info("tta: the mirrored pass applies to crop runs and landmarks; views runs already read both "
                      "sides with one mirrored head")
         # every series a study needs (runs trained on the same cache share them), built with the stack rules of
@@ -149,8 +149,8 @@ class Predictor:
         try:
             if any(i.effect == "fatal" for i in info.issues):
                 raise _Fatal()
-            points, centres = self.centres(volumes, info)
-            frame = study_frame(study_id, finalise(self.grade(points, centres, volumes, info)))
+            points, _ = self.centres(volumes, info)  # raises _Fatal unless the levels lie inside the volumes
+            frame = study_frame(study_id, finalise(self.grade(points, volumes, info)))
         except _Fatal:
             pass
         except Exception as exc:  # noqa: BLE001 - one study never stops the run
@@ -221,17 +221,13 @@ class Predictor:
         return points, centres
 
     # ---- grading
-    def grade(self, points: np.ndarray, centres: np.ndarray, volumes: dict, info: StudyInfo) -> np.ndarray:
+    def grade(self, points: np.ndarray, volumes: dict, info: StudyInfo) -> np.ndarray:
         """(25, 3) probabilities in LABEL_COLUMNS order: each grading run (mean over folds, calibrated), mean
         over runs. Raises _Fatal when no run gives finite probabilities."""
         results, failures = [], []
         for run in self.grading_runs:
             try:
-                if run.views is not None:
-                    probs = grade_views(run, points, volumes, self.device, self._autocast)  # (L, K, 3)
-                else:
-                    probs = grade_crops(run, centres, volumes, self.device, self.tta, self.batch_size,
-                                        self._autocast)
+                probs = grade(run, points, volumes, self.device, self.tta, self.batch_size, self._autocast)
             except RunFailed as exc:
                 failures.append((str(exc), run.path.name))
                 continue

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from spine.calibrate import Calibration
-from spine.data.views import ViewSet
+from spine.data.inputs import GradingInput, grading_input
 from spine.data.volume import SeriesVolume
 from spine.models import create_model
 from spine.predict.study import PredictError, first_lines
@@ -47,16 +47,17 @@ class Run:
         return self.cfg.stage.name
 
     @cached_property
-    def views(self) -> ViewSet | None:
-        """The :class:`~spine.data.views.ViewSet` when the run's model reads per-condition views, else None."""
-        if self.stage != "grading" or "view_shape" not in getattr(self.models[0], "spine_kwargs", {}):
+    def reader(self) -> GradingInput | None:
+        """What a grading run's model reads (:mod:`spine.data.inputs`, declared by the model); None for a
+        landmark run."""
+        if self.stage != "grading":
             return None
-        return ViewSet.from_config(self.cfg.stage.views)
+        return grading_input(getattr(self.models[0], "spine_name", self.cfg.model.name), self.cfg.stage)
 
     @property
     def series(self) -> list[str]:
         """The series types the run's models read, in channel order."""
-        return list(self.views.series if self.views is not None else self.cfg.stage.series)
+        return list(self.reader.series if self.reader is not None else self.cfg.stage.series)
 
     @property
     def volume_options(self) -> dict:

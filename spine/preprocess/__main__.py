@@ -22,7 +22,8 @@ from spine.preprocess.config import PreprocessConfig
 
 @command("preprocess")
 def main(argv: list[str] | None = None) -> int:
-    cfg = compose_or_exit("preprocess", sys.argv[1:] if argv is None else argv, PreprocessConfig, __doc__)
+    cfg = compose_or_exit("preprocess", sys.argv[1:] if argv is None else argv, PreprocessConfig, __doc__,
+                         prog="spine-preprocess")
     from spine.preprocess.run import run  # after the config: a typo or --help answers without the DICOM stack
 
     return run(cfg).exit_code  # a table that cannot be used: one line, exit code 2 (spine.errors.command)

@@ -37,7 +37,8 @@ from spine.constants import series_type
 from spine.data.volume import SeriesVolume
 from spine.errors import SpineError, one_line
 from spine.io.dicom import DicomStack
-from spine.preprocess.config import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
+from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR
+from spine.preprocess.config import DEFAULT_MIN_SLICES
 
 __all__ = ["CACHE_VERSION", "Cache", "CacheError", "cache_id", "cache_params", "format_triple", "parse_triple",
            "read_stack", "stack_record", "volume_options", "write_stack"]

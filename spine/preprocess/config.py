@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spine.config import require_range
+from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR
 
 SPLITS = ("train", "test", "all")
 
-# Defaults of the stack selection and the sampler (spine/preprocess/volume.py and spine/data/volume.py explain
-# them; they import them from here so that composing a config stays free of heavy imports).
+# Default of the stack selection (spine/preprocess/volume.py explains it; it imports it from here so that composing
+# a config stays free of heavy imports). The sampler's gap default is spine.data.defaults'.
 DEFAULT_MIN_SLICES = 2
-DEFAULT_MAX_GAP_FACTOR = 2.5  # bridge one missing slice (gap 2x the step), not separate blocks
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import LABEL_COLUMNS, SEVERITIES
-from spine.metric import labels_to_long
+from spine.io.tables import labels_to_long
 
 __all__ = ["make_folds", "strata"]
 
@@ -21,7 +21,7 @@ __all__ = ["make_folds", "strata"]
 def strata(train: pd.DataFrame) -> pd.Series:
     """Stratum of each study of train.csv (index = study_id): 10 * min(#severe, 3) + min(#moderate, 6).
 
-    Raises ValueError (:func:`spine.metric.labels_to_long`) for a missing label column, a grade not in
+    Raises ValueError (:func:`spine.io.tables.labels_to_long`) for a missing label column, a grade not in
     ``SEVERITIES`` or a study in several rows."""
     grades = labels_to_long(train)["severity"].to_numpy().reshape(len(train), len(LABEL_COLUMNS))
     severe = np.minimum((grades == SEVERITIES.index("Severe")).sum(axis=1), 3)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -39,7 +39,8 @@ from spine.data.volume import SeriesVolume
 from spine.io.dicom import DicomSeries, DicomStack, read_series
 from spine.io.stack import POSITION_TOL_MM
 from spine.preprocess.cache import irregular_reason
-from spine.preprocess.config import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
+from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR
+from spine.preprocess.config import DEFAULT_MIN_SLICES
 
 __all__ = [
     "InstanceGeometry",

@@ -1,6 +1,6 @@
 """The figures of the report, drawn with matplotlib (Agg) and returned as PNG bytes (embedded in the page).
 
-- :func:`png_of`: a figure -> PNG bytes; :func:`plot_png`: one of :mod:`spine.train.plots`' path-writing
+- :func:`png_of`: a figure -> PNG bytes; :func:`plot_png`: one of :mod:`spine.plots`' path-writing
   plots (confusion, reliability) -> PNG bytes;
 - :func:`landmark_error_figure`: point errors per level and per condition group (box plots);
 - :func:`views_figure` / :func:`crops_figure`: what a grading model saw of one study (the middle slice of

@@ -16,13 +16,13 @@ Grading run:
 - calibration: the metric of the uncalibrated OOF, of the OOF calibrated by the run's ``calibration.json``
   (fitted on that OOF: in sample) and cross-fitted (each fold calibrated by a fit on the others, two or more
   folds);
-- confusion and reliability plots (:mod:`spine.train.plots`), reliability also after calibration;
+- confusion and reliability plots (:mod:`spine.plots`), reliability also after calibration;
 - the ``worst`` OOF studies by their own metric: predicted against true grades, what the model saw (views or
   crops, built by the training builders from the cache at the landmark run's OOF points, as validation did),
   predicted against true points over sagittal slices.
 
-Landmark run (the run itself, or the grading run's): metrics per fold (:func:`spine.train.landmarks.
-landmark_metrics`), errors per level and condition group; a landmark run alone also gets its worst studies by
+Landmark run (the run itself, or the grading run's): metrics per fold (:func:`spine.evaluate.landmark_metrics`),
+errors per level and condition group; a landmark run alone also gets its worst studies by
 mean point error.
 
 Modules: :mod:`.contents` (Report, StudyPage), :mod:`.sources` (what is read, opened once), :mod:`.scores` (the
@@ -47,8 +47,8 @@ from spine.report.scores import (calibration_scores, grade_table, grading_scores
                                  test_scores)
 from spine.report.sources import ReportError, Sources
 from spine.report.studies import grading_images, guarded, point_images
-from spine.train.landmarks import truth_frame
-from spine.train.plots import plot_confusion, plot_reliability
+from spine.evaluate import truth_frame
+from spine.plots import plot_confusion, plot_reliability
 
 __all__ = ["ReportError", "gather"]
 

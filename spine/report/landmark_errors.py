@@ -1,5 +1,5 @@
 """The landmark run's point errors: predicted against label points (LPS mm), summarised per fold
-(:func:`spine.train.landmarks.landmark_metrics`), per level and per condition group."""
+(:func:`spine.evaluate.landmark_metrics`), per level and per condition group."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 
 from spine.constants import CONDITION_GROUP, CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS
 from spine.report.contents import LANDMARK_KEYS
-from spine.train.landmarks import landmark_metrics
+from spine.evaluate import landmark_metrics
 
 __all__ = ["error_summary", "landmark_fold_metrics", "point_errors"]
 
@@ -17,7 +17,7 @@ _LEVEL = dict(zip(LEVEL_NAMES, LEVELS))
 
 
 def point_errors(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
-    """Predicted points joined to the label points (``truth``: :func:`spine.train.landmarks.truth_frame`):
+    """Predicted points joined to the label points (``truth``: :func:`spine.evaluate.truth_frame`):
     ``study_id, fold, condition, level`` (snake case), ``group``, ``error_mm``."""
     merged = predicted.merge(truth, on=["study_id", "condition", "level"], how="inner")
     error = np.linalg.norm(merged[["world_x", "world_y", "world_z"]].to_numpy(float)
@@ -42,7 +42,7 @@ def error_summary(errors: pd.DataFrame, by: str, keys) -> pd.DataFrame:
 
 
 def landmark_fold_metrics(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
-    """:func:`spine.train.landmarks.landmark_metrics` per fold and over all folds (``LANDMARK_KEYS``)."""
+    """:func:`spine.evaluate.landmark_metrics` per fold and over all folds (``LANDMARK_KEYS``)."""
     folds = sorted(int(f) for f in predicted["fold"].dropna().unique()) if "fold" in predicted.columns else []
     rows = []
     for fold in [*folds, "all"]:

@@ -12,10 +12,8 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import CONDITION_GROUP, CONDITIONS, LEVELS, PROB_COLUMNS, SEVERITIES
-from spine.data.crops import build_crops, fill_centres, level_axes, level_centres
 from spine.data.grading import point_table
-from spine.data.views import ViewSet, build_views
-from spine.models import model_arguments
+from spine.data.inputs import CropInput, GradingInput, ViewInput, grading_input
 from spine.report import figures as F
 from spine.report.contents import StudyPage
 from spine.report.sources import Sources
@@ -47,12 +45,14 @@ def _study_points(study: int, src: Sources, predicted: pd.DataFrame | None) -> t
     return pred, true
 
 
-def _reads_views(src: Sources) -> bool:
-    """Whether the run's grading model reads views (else crops): its saved model arguments, else its config."""
+def _reader(src: Sources) -> GradingInput:
+    """What the run's grading model reads (:mod:`spine.data.inputs`): the model its folds saved, else its config."""
+    name = src.tcfg.model.name
     for fold in fold_dirs(src.run):
         if (fold / MODEL_JSON).is_file():
-            return "view_shape" in read_model_json(fold)[1]
-    return "view_shape" in model_arguments(src.tcfg.model.name)
+            name = read_model_json(fold)[0]
+            break
+    return grading_input(name, src.tcfg.stage)
 
 
 def grading_images(page: StudyPage, src: Sources, landmark_oof: pd.DataFrame | None) -> None:
@@ -61,7 +61,6 @@ def grading_images(page: StudyPage, src: Sources, landmark_oof: pd.DataFrame | N
     if src.cache is None:
         page.notes.append(f"no model inputs: {src.cache_note}")
         return
-    s = src.tcfg.stage
     pred, true = _study_points(page.study_id, src, landmark_oof)
     if np.isfinite(pred).all(-1).any():
         points, where = pred, "at the landmark run's out-of-fold points"
@@ -71,44 +70,52 @@ def grading_images(page: StudyPage, src: Sources, landmark_oof: pd.DataFrame | N
         page.notes.append("no model inputs: the study has neither predicted nor label points")
         return
     try:
-        views = ViewSet.from_config(s.views) if _reads_views(src) else None
+        reader = _reader(src)
     except (ValueError, TypeError, KeyError) as err:
-        page.notes.append(f"no model inputs: the run's views do not build ({err})")
+        page.notes.append(f"no model inputs: the run's {src.tcfg.model.name} input does not build ({err})")
         return
-    percentiles = tuple(float(p) for p in s.percentiles)
-    series = views.series if views is not None else list(s.series)
+    percentiles = tuple(float(p) for p in src.tcfg.stage.percentiles)
     volumes = {}
-    for description in series:
+    for description in reader.series:
         volumes[description], why = src.volume(page.study_id, description, percentiles)
         if volumes[description] is None:
             page.notes.append(f"{why}: its images are blank (as the model saw them)")
     if all(v is None for v in volumes.values()):
         page.notes.append("no model inputs: none of the run's series is in the cache for this study")
         return
+    images, _ = reader.build(volumes, points)
     title = f"study {page.study_id}: the model's input {where}"
+    caption, figure = _FIGURES[reader.kind](page, src, reader, images, title)
+    page.figures[f"{caption} {where}"] = figure
+
+
+def _views_figure(page: StudyPage, src: Sources, reader: ViewInput, images: np.ndarray, title: str):
+    """(caption, figure) of the (L, K, V, S, H, W) views: the middle slice of each, under each condition its
+    true grade and the predicted probability of that grade."""
+    names = [f"{'sag' if spec.plane == 'sagittal' else 'ax'} {_VIEW_SERIES.get(spec.series, spec.series)}"
+             for condition in CONDITIONS for spec in reader.views.groups[CONDITION_GROUP[condition]]]
     grades = page.grades.set_index(["condition", "level"]) if page.grades is not None else None
-    if views is not None:
-        images, _ = build_views(volumes, points, views, s.crop.align)
-        names = [f"{'sag' if spec.plane == 'sagittal' else 'ax'} {_VIEW_SERIES.get(spec.series, spec.series)}"
-                 for condition in CONDITIONS for spec in views.groups[CONDITION_GROUP[condition]]]
-        cells = {}
-        if grades is not None:
-            for lv, level in enumerate(LEVELS):
-                for k, condition in enumerate(CONDITIONS):
-                    g = grades.loc[(condition, level)]
-                    if g["true"]:
-                        p = float(g[PROB_COLUMNS[SEVERITIES.index(g["true"])]])
-                        cells[(lv, k)] = f"{F.GRADE_SHORT[SEVERITIES.index(g['true'])]} p={p:.2f}"
-                    else:
-                        cells[(lv, k)] = "unlabelled"
-        page.figures[f"views (middle slice of each; under each condition: true grade, its predicted "
-                     f"probability) {where}"] = F.views_figure(images, names, cells, title, src.cfg.dpi)
-    else:
-        centres = fill_centres(level_centres(points))
-        crops, _ = build_crops([volumes[d] for d in series], centres, level_axes(centres, s.crop.align),
-                               s.crop.size, s.crop.mm)
-        page.figures[f"crops (mid-sagittal and mid-axial slice of each channel) {where}"] = F.crops_figure(
-            crops, [_SERIES_SHORT.get(d, d) for d in series], title, src.cfg.dpi)
+    cells = {}
+    if grades is not None:
+        for lv, level in enumerate(LEVELS):
+            for k, condition in enumerate(CONDITIONS):
+                g = grades.loc[(condition, level)]
+                if g["true"]:
+                    p = float(g[PROB_COLUMNS[SEVERITIES.index(g["true"])]])
+                    cells[(lv, k)] = f"{F.GRADE_SHORT[SEVERITIES.index(g['true'])]} p={p:.2f}"
+                else:
+                    cells[(lv, k)] = "unlabelled"
+    return ("views (middle slice of each; under each condition: true grade, its predicted probability)",
+            F.views_figure(images, names, cells, title, src.cfg.dpi))
+
+
+def _crops_figure(page: StudyPage, src: Sources, reader: CropInput, images: np.ndarray, title: str):
+    """(caption, figure) of the (L, C, X, Y, Z) crops: mid-sagittal and mid-axial slice of each channel."""
+    return ("crops (mid-sagittal and mid-axial slice of each channel)",
+            F.crops_figure(images, [_SERIES_SHORT.get(d, d) for d in reader.series], title, src.cfg.dpi))
+
+
+_FIGURES = {"crops": _crops_figure, "views": _views_figure}  # how the report shows each input kind
 
 
 _PANELS = (("spinal_canal_stenosis", "Sagittal T2/STIR", "canal on the Sagittal T2/STIR"),

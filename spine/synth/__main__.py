@@ -17,7 +17,7 @@ from spine.synth.config import SynthConfig
 
 @command("synth")
 def main(argv: list[str] | None = None) -> int:
-    cfg = compose_or_exit("synth", sys.argv[1:] if argv is None else argv, SynthConfig, __doc__)
+    cfg = compose_or_exit("synth", sys.argv[1:] if argv is None else argv, SynthConfig, __doc__, prog="spine-synth")
     from spine.synth.generate import generate  # numpy/pydicom import only once the config is valid
 
     print(f"[synth] preset={cfg.preset} seed={cfg.seed}: {cfg.n_train} train + {cfg.n_test} test studies "

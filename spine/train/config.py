@@ -14,7 +14,8 @@ from omegaconf.errors import OmegaConfBaseException
 from spine.config import ConfigError, _first_line, compose
 from spine.device import check_device
 from spine.run_config import (STAGES, CropConfig, GradingAugmentConfig, GradingStageConfig, GridConfig,
-                              LandmarkAugmentConfig, LandmarkStageConfig, ModelConfig, OptimConfig, TrainConfig)
+                              LandmarkAugmentConfig, LandmarkStageConfig, ModelConfig, OptimConfig, TrainConfig,
+                              merge_stage)
 
 __all__ = ["STAGES", "CropConfig", "GradingAugmentConfig", "GradingStageConfig", "GridConfig", "LandmarkAugmentConfig",
            "LandmarkStageConfig", "ModelConfig", "OptimConfig", "TrainConfig", "load_config"]
@@ -34,7 +35,7 @@ def load_config(overrides: list[str]) -> TrainConfig:
     if name not in STAGES:
         raise ConfigError(f"stage.name {name!r} is not a stage; stages: {', '.join(STAGES)}")
     try:
-        node = OmegaConf.merge(OmegaConf.structured(STAGES[name][0]), stage)
+        node = merge_stage(STAGES[name][0], stage)
         cfg.stage = OmegaConf.to_object(node)
     except OmegaConfBaseException as err:
         msg = (getattr(err, "msg", None) or _first_line(err)).splitlines()[0].split(" reference_type=")[0]

@@ -26,12 +26,11 @@ from torch.utils.data.distributed import DistributedSampler
 from spine.errors import SpineError
 from spine.procs import WorkerInit
 from spine.progress import progress as show_progress
+from spine.run_folder import CONFIG_YAML, METRICS_JSON, OOF_CSV, RUN_JSON, TEST_CSV
 from spine.train import checkpoint as ckpt
 from spine.train.runtime import (Runtime, gather_objects, rng_state, seed_everything, set_rng_state,
                                  sum_over_processes, to_channels_last)
 
-OOF_CSV, TEST_CSV, METRICS_JSON = "oof.csv", "test.csv", "metrics.json"
-RUN_JSON, CONFIG_YAML = "run.json", "config.yaml"
 
 
 class EMA:

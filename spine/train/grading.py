@@ -23,18 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, row_id
 from spine.data.crops import level_centres
-from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugment, RandomPointAugment,
-                                WeightedEpochSampler, label_table, landmark_errors, point_table, study_weights)
+from spine.data.grading import (CONDITION_SWAP, GradingDataset, WeightedEpochSampler, label_table, landmark_errors,
+                                point_table, study_weights)
 from spine.data.landmarks import studies_with_series
 from spine.data.transforms import IntensityAugment
-from spine.data.views import ViewSet, view_groups
+from spine.data.inputs import grading_input
 from spine.errors import TrainingDataError
 from spine.io.tables import read_train_labels
-from spine.models import model_arguments
 from spine.train.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -50,12 +48,8 @@ class GradingStage(Stage):
         super().__init__(cfg, cache)
         self.scfg = cfg.stage
         self.landmark_run = Path(cfg.landmarks) if cfg.landmarks else None
-        # the model says what it reads: per-condition views (a ``view_shape`` argument) or co-registered crops
-        self.views = None
-        if "view_shape" in model_arguments(cfg.model.name):
-            if not self.scfg.views:
-                raise ValueError(f"model {cfg.model.name} reads views: stage.views must list them per group")
-            self.views = ViewSet.from_config(self.scfg.views)
+        # the model declares what it reads (spine.data.inputs): per-level crops or per-condition views
+        self.reader = grading_input(cfg.model.name, self.scfg)
         if self.landmark_run is not None and not (self.landmark_run / "oof.csv").is_file():
             raise FileNotFoundError(f"landmarks={cfg.landmarks}: no oof.csv there (train the landmark stage "
                                     "with fold=all first, or leave landmarks empty to crop at the label points)")
@@ -97,14 +91,16 @@ class GradingStage(Stage):
         if not a.enabled:
             return None, None
         intensity = IntensityAugment(a.bias_field, a.gamma, a.noise_std)
-        if self.views is None:
-            return RandomCropAugment(a.jitter_mm, a.level_shift, tuple(a.rotate_deg), a.scale, a.flip_lr), intensity
+        return self.reader.augment(a, self._landmark_errors), intensity
+
+    def _landmark_errors(self) -> np.ndarray | None:
+        """(m, K, L, 3) the landmark run's own out-of-fold point errors (world mm; its oof.csv), or None."""
         oof = self._predicted_points("oof.csv")  # every out-of-fold study: the landmark model's error pattern
         errors = None if oof is None else landmark_errors(oof, self.cache.coordinates, sorted(set(oof.study_id)))
         if errors is not None and len(errors):
             log.info("training points move like the landmark run erred: %d studies' out-of-fold errors",
                      len(errors))
-        return RandomPointAugment(errors, a.jitter_mm, a.level_shift, tuple(a.rotate_deg), a.scale), intensity
+        return errors
 
     # ---- data
     def datasets(self, fold: int):
@@ -115,9 +111,8 @@ class GradingStage(Stage):
                   "test": self.test_studies()}
         oof, test = self._predicted_points("oof.csv"), self._predicted_points("test.csv")
         sources = {"train": (None, True), "validation": (oof, True), "test": (test, False)}
-        common = dict(cache=self.cache, series=s.series, size=s.crop.size, crop_mm=s.crop.mm, align=s.crop.align,
-                      percentiles=s.percentiles, seed=self.cfg.seed, views=self.views)
-        series = self.views.series if self.views is not None else s.series
+        common = dict(cache=self.cache, reader=self.reader, percentiles=s.percentiles, seed=self.cfg.seed)
+        series = self.reader.series
         out = {}
         for what, ids in splits.items():
             ids, skipped = studies_with_series(self.cache, ids, series)
@@ -156,21 +151,13 @@ class GradingStage(Stage):
 
     # ---- model
     def model_kwargs(self) -> dict:
-        common = {"num_levels": len(LEVELS), "num_classes": len(PROB_COLUMNS)}
-        if self.views is not None:
-            return {**common, "view_shape": list(self.views.shape), "num_views": self.views.num_views,
-                    "groups": view_groups(), "num_present": len(self.views.series)}
-        return {**common, "in_chans": len(self.scfg.series), "num_conditions": len(CONDITIONS),
-                "crop_size": list(self.scfg.crop.size)}
+        """Levels and grades, and what the input implies (channels and crop size, or the views' shape)."""
+        return {"num_levels": len(LEVELS), "num_classes": len(PROB_COLUMNS), **self.reader.model_kwargs()}
 
     def inputs(self, batch: dict):
         """(crops (B*L, C, X, Y, Z) or views (B*L, K, V, S, H, W), level (B*L,), present (B*L, P)): every level
         of every study."""
-        image = batch["image"]
-        b, n_levels = image.shape[:2]
-        level = torch.arange(n_levels, device=image.device).repeat(b)
-        present = batch["present"].float().repeat_interleave(n_levels, dim=0)
-        return image.flatten(0, 1), level, present
+        return self.reader.forward_args(batch["image"], batch["present"])
 
     def batch_size(self, batch: dict) -> int:
         return len(batch["study_id"])
@@ -219,7 +206,7 @@ class GradingStage(Stage):
         """Priors, calibration (fitted on the whole OOF; score reported cross-fitted), plots, test submission."""
         from spine.baselines import class_priors
         from spine.calibrate import Calibration, cross_fitted, fit_calibration
-        from spine.train.plots import plot_confusion, plot_reliability
+        from spine.plots import plot_confusion, plot_reliability
 
         run_dir = Path(run_dir)
         priors = class_priors(self.labels)

@@ -20,10 +20,10 @@ import pandas as pd
 
 from spine.config import ConfigError, to_yaml
 from spine.train import checkpoint as ckpt
-from spine.train.engine import METRICS_JSON, OOF_CSV, TEST_CSV, fit
+from spine.run_folder import CACHE_JSON, CONFIG_YAML, METRICS_JSON, OOF_CSV, TEST_CSV, fold_dirs
+from spine.train.engine import fit
 from spine.train.runtime import setup_runtime, teardown
 
-CACHE_JSON = "cache.json"
 
 
 def check_model(cfg, stage) -> None:
@@ -62,7 +62,7 @@ def run(cfg) -> dict:
         run_dir = Path(cfg.run_dir)
         if rt.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+            (run_dir / CONFIG_YAML).write_text(to_yaml(cfg))
             # how the training volumes were made: inference rebuilds them the same way without the cache
             ckpt.save_json(cache.info, run_dir / CACHE_JSON)
         for fold in folds:
@@ -77,8 +77,7 @@ def run(cfg) -> dict:
 def aggregate(stage, run_dir: Path) -> dict:
     """Collect the finished folds of ``run_dir`` into oof.csv, test.csv and metrics.json."""
     run_dir = Path(run_dir)
-    folds = sorted((d for d in run_dir.glob("fold*") if (d / METRICS_JSON).is_file() and (d / ckpt.FINAL).is_file()),
-                   key=lambda d: int(d.name[4:]) if d.name[4:].isdigit() else -1)
+    folds = [d for d in fold_dirs(run_dir) if (d / METRICS_JSON).is_file() and (d / ckpt.FINAL).is_file()]
     if not folds:
         return {}
     oof = pd.concat([pd.read_csv(d / OOF_CSV) for d in folds if (d / OOF_CSV).is_file()], ignore_index=True)
