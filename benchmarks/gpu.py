@@ -231,7 +231,7 @@ def fill_batch(record: dict, batch: int, total_gb: float) -> int | None:
 
 def run_models(specs, cache, device, args, budget: Budget, phase: str, results: list, total_gb: float) -> None:
     """One phase of the model grid: ``eager`` (24 GB batch), ``fill`` (filling batch), ``compile``."""
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.train.config import load_config
     from spine.train.stage import build_stage
 

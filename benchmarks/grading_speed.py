@@ -39,7 +39,7 @@ def stage_loader_rate(overrides: list[str], batch: int, workers: int, n_batches:
     (augmented items; the first batch, with worker start-up and first volume opens, is not timed)."""
     import torch
 
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.train.config import load_config
     from spine.train.engine import EpochSampler
     from spine.train.stage import build_stage

@@ -51,7 +51,7 @@ def time_loader_and_step(cfg, n_batches: int = 6) -> dict:
     import torch
 
     from spine.models import create_model
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.train.landmarks import LandmarkStage
 
     stage = LandmarkStage(cfg, Cache.open(cfg.cache_dir))
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     data, cache_dir, run_dir = Path(args.data), Path(args.cache), Path(args.run)
     ensure_data(data, cache_dir)
 
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.train.config import load_config
     from spine.evaluate import landmark_metrics, truth_frame
     from spine.train.run import run

@@ -78,7 +78,7 @@ def _sampler(cache_root: Path, n_items: int) -> dict[str, float]:
     """Seconds per 3-channel 64^3 crop and per 5 x 64 x 64 view, on the first study with all three series."""
     from spine.data.crops import crop_grid
     from spine.data.grid import SamplingGrid
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
 
     cache = Cache(cache_root)
     coords = cache.coordinates

@@ -147,7 +147,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
 
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
 
     ensure_data(data, cache_dir, args.n_train, args.n_test)
     cache = Cache.open(cache_dir)

@@ -221,7 +221,7 @@ def preprocess(data_dir: Path, cache_dir: Path) -> Path:
 def centre_baseline_metrics(cache_dir: Path, series: str = "Sagittal T2/STIR") -> dict:
     """Level-ID and error of the centre-offset baseline (5 folds of the cache's folds.csv), and the share of label
     points outside the default landmark grid (`GridConfig`, centred on the volume)."""
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.run_config import GridConfig
     from spine.evaluate import landmark_metrics, truth_frame
 

@@ -9,7 +9,7 @@ boundary                    error type                                   exit co
 the command line            `spine.config.ConfigError`                   2 (input)     spine.config (schemas),
                                                                                        spine.device
 the competition CSVs        `spine.io.tables.TableError`                 2 (input)     spine.io.tables
-the preprocessing cache     `spine.preprocess.cache.CacheError`          1 (failure)   spine.preprocess.cache
+the preprocessing cache     `spine.cache.CacheError`          1 (failure)   spine.cache
                             `spine.preprocess.lock.CacheBusyError`       1 (failure)   spine.preprocess.lock
 a run folder                `spine.run_folder.RunFolderError`            1 (failure)   spine.run_folder
 what a stage trains on      `TrainingDataError` (below)                  2 (input)     spine.train

@@ -27,6 +27,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from spine.cache import CACHE_JSON as CACHE_INFO
 from spine.calibrate import Calibration
 from spine.config import _first_line
 from spine.constants import LABEL_COLUMNS, PROB_COLUMNS
@@ -38,7 +39,8 @@ __all__ = ["CACHE_JSON", "CALIBRATION_JSON", "CHECKPOINT", "CONFIG_YAML", "METRI
            "fold_dirs", "load_run_config", "missing_model_files", "read_cache_info", "read_calibration",
            "read_model_json", "read_priors"]
 
-CONFIG_YAML, CACHE_JSON, RUN_JSON, METRICS_JSON = "config.yaml", "cache.json", "run.json", "metrics.json"
+CONFIG_YAML, RUN_JSON, METRICS_JSON = "config.yaml", "run.json", "metrics.json"
+CACHE_JSON = CACHE_INFO  # the training cache's cache.json, copied: inference builds its volumes the same way
 OOF_CSV, TEST_CSV, SUBMISSION_CSV = "oof.csv", "test.csv", "submission.csv"
 CALIBRATION_JSON, PRIORS_JSON = "calibration.json", "priors.json"
 CHECKPOINT = "checkpoint.pt"  # training state of an unfinished fold (spine.train.checkpoint)

@@ -72,7 +72,7 @@ def test_engine_epoch_under_bf16_autocast_lowers_nothing_to_nan(tiny_cache_dir):
     """train_one_epoch of the engine with a bf16 Runtime (what spine-train does on a GPU) on real items."""
     from torch.utils.data import default_collate
 
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.train.config import load_config
     from spine.train.engine import param_groups, train_one_epoch, warmup_cosine
     from spine.train.stage import build_stage

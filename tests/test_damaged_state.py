@@ -94,7 +94,7 @@ def test_predict_drops_a_cache_with_a_damaged_series_csv_and_writes_every_row(da
 def test_a_damaged_cache_table_is_a_cache_error_naming_the_file(tiny_cache_dir, tmp_path):
     """What every stage meets (training, the doctor, the report): a CacheError (exit code 1) that names the file."""
     from spine.errors import SpineError
-    from spine.preprocess.cache import Cache, CacheError
+    from spine.cache import Cache, CacheError
 
     cache_dir, root = _copy_cache(tiny_cache_dir, tmp_path)
     (root / "series.csv").write_text((root / "series.csv").read_text().replace("\n", "\nnot,a,row\n", 1))
@@ -130,7 +130,7 @@ def _cut_short(cache, study: int, series: int, how: str = "cut short") -> Path:
 def test_a_damaged_stack_ends_training_with_one_line_and_the_command_that_repairs_it(how, why, tiny_cache_dir,
                                                                                      tmp_path, capsys):
     from spine.preprocess.__main__ import main as preprocess
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.train.__main__ import main as train
 
     cache_dir, root = _copy_cache(tiny_cache_dir, tmp_path)
@@ -157,7 +157,7 @@ def test_a_damaged_stack_ends_training_with_one_line_and_the_command_that_repair
 def test_predict_reads_dicom_for_a_study_whose_cached_stack_is_cut_short(tiny_dataset, tiny_cache_dir, tmp_path):
     from spine.predict import read_listing
     from spine.predict.volumes import load_volumes
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
 
     cache_dir, root = _copy_cache(tiny_cache_dir, tmp_path)
     studies, series = read_listing(tiny_dataset, "test")
@@ -177,7 +177,7 @@ class _Damaged:
         return 4
 
     def __getitem__(self, index):
-        from spine.preprocess.cache import CacheError
+        from spine.cache import CacheError
 
         raise CacheError("damaged cached stack /c/volumes/1/2_0.nii: cut short (1 of 2 voxel bytes); rebuild it")
 
@@ -188,7 +188,7 @@ def test_a_cache_error_in_a_dataloader_worker_arrives_as_itself_with_its_one_lin
 
     import torch
 
-    from spine.preprocess.cache import CacheError
+    from spine.cache import CacheError
     from spine.train.engine import _loader, batches_of
 
     loader = _loader(_Damaged(), 2, None, workers, SimpleNamespace(device=torch.device("cpu")))

@@ -2,7 +2,7 @@
 its README).
 
 `stack ok` cases: geometry against the manifest's expected_LPS and voxels against the reference NIfTI, both as
-read and as written to the cache and read back (`spine.preprocess.cache.write_stack` / `read_stack`); sampling a
+read and as written to the cache and read back (`spine.cache.write_stack` / `read_stack`); sampling a
 cached stack on its own grid gives its voxels back.
 The other cases: the documented handling (split by orientation, flagged sheared / non-uniform), and irregular
 stacks cached with their true slice positions.
@@ -21,7 +21,7 @@ import pytest
 from spine.data.grid import SamplingGrid
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import DicomStack, IrregularStackError, _dataset_frame_geometry, read_series
-from spine.preprocess.cache import irregular_reason, read_stack, stack_record, write_stack
+from spine.cache import irregular_reason, read_stack, stack_record, write_stack
 from spine.preprocess.volume import make_volume
 
 QA_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/dicom_qa"

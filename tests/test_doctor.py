@@ -1,7 +1,7 @@
 """spine-doctor: every check passes on the tiny synthetic cache, and catches each planted failure.
 
 Planted failures are made on a copy of the session's tiny cache (coordinates.csv edited, a stack rewritten with
-`spine.preprocess.cache.write_stack`) or handed to the pure functions as plain tables and arrays.
+`spine.cache.write_stack`) or handed to the pure functions as plain tables and arrays.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from spine.config import compose
 from spine.doctor.config import DoctorConfig
 from spine.doctor.result import Context
-from spine.preprocess.cache import Cache
+from spine.cache import Cache
 
 TINY_TRAIN = ['model=landmark_25d_tiny', 'stage.grid.size=[8,32,32]', 'stage.grid.spacing_mm=[10,10,10]',
               'num_workers=0', 'batch_size=4']
@@ -87,7 +87,7 @@ def test_slice_order_counts_reversed_instance_numbers_without_warning(clean_resu
 
 # --------------------------------------------------------------------------------------- planted failures
 def test_an_8_bit_volume_is_caught(tiny_cache_dir, tmp_path):
-    from spine.preprocess.cache import record_path, write_stack
+    from spine.cache import record_path, write_stack
 
     root = planted(tiny_cache_dir, tmp_path)
     cache = Cache.open(root)

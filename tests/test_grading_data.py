@@ -168,7 +168,7 @@ def test_augmentation_twin_shifts_levels_and_jitters_centres():
 
 
 class FakeCache:
-    """The part of :class:`spine.preprocess.cache.Cache` the dataset uses, over in-memory arrays."""
+    """The part of :class:`spine.cache.Cache` the dataset uses, over in-memory arrays."""
 
     def __init__(self, volumes: dict):
         self.volumes = {(s, r): v for (s, r, _), v in volumes.items()}

@@ -21,7 +21,7 @@ GRID, SPACING = (16, 40, 40), (6.0, 7.0, 7.0)
 
 @pytest.fixture(scope="module")
 def cache(tiny_cache_dir):
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
 
     return Cache.open(tiny_cache_dir)
 

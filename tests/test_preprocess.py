@@ -23,8 +23,8 @@ from spine.constants import condition_from_name, level_from_name
 from spine.data.grid import SamplingGrid
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import read_series
-from spine.preprocess import Cache
-from spine.preprocess.cache import CACHE_VERSION, LPS_TO_RAS, SERIES_COLUMNS, parse_triple, record_path, stack_path
+from spine.cache import Cache
+from spine.cache import CACHE_VERSION, LPS_TO_RAS, SERIES_COLUMNS, parse_triple, record_path, stack_path
 from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.folds import make_folds, strata
 from spine.preprocess.run import run
@@ -287,7 +287,7 @@ def test_cli_run_killed_at_any_moment_resumes_to_the_same_cache(tiny_dataset: Pa
 def test_cache_open_never_guesses_and_refuses_an_old_version(tmp_path):
     import json
 
-    from spine.preprocess.cache import CACHE_VERSION, Cache, CacheError
+    from spine.cache import CACHE_VERSION, Cache, CacheError
 
     def make(name: str, version: int) -> Path:
         root = tmp_path / name

@@ -18,10 +18,10 @@ import pytest
 
 from spine.config import compose
 from spine.constants import LABEL_COLUMNS
-from spine.preprocess import Cache
+from spine.cache import Cache
 from spine.preprocess import pool
 from spine.preprocess.__main__ import main
-from spine.preprocess.cache import record_path, remove_partials, stack_path
+from spine.cache import record_path, remove_partials, stack_path
 from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.job import process_series
 from spine.preprocess.run import run

@@ -211,7 +211,7 @@ def test_without_an_oracle_the_metrics_say_so(tiny_runs, tiny_dataset, tmp_path)
 
 
 def test_without_landmark_run_cache_or_a_series_the_sections_say_what_is_missing(tiny_runs, tiny_cache_dir, tmp_path):
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.report.gather import gather
     from spine.report.render import render
 

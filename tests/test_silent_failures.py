@@ -16,8 +16,8 @@ import pytest
 
 from spine.config import compose
 from spine.constants import LABEL_COLUMNS, canonical_condition, canonical_level
-from spine.preprocess.cache import Cache
-from spine.preprocess.coordinates import UNRESOLVED_CSV
+from spine.cache import Cache
+from spine.cache import UNRESOLVED_CSV
 from spine.preprocess.lock import writer_lock
 
 TRAIN = ["epochs=1", "batch_size=2", "num_workers=0", "max_steps_per_epoch=1", "progress=false",
@@ -198,7 +198,7 @@ def test_training_says_when_train_csv_gained_studies_after_preprocessing(tiny_ca
 
 # ------------------------------------------------------------------------------------ one writer at a time
 def test_a_second_preprocessing_run_into_a_busy_cache_refuses_and_loses_nothing(tiny_dataset, tmp_path, capsys):
-    from spine.preprocess.cache import cache_id, cache_params
+    from spine.cache import cache_id, cache_params
     from spine.preprocess.config import PreprocessConfig
 
     data, _ = copy_study(tiny_dataset, tmp_path / "data")

@@ -47,7 +47,7 @@ def test_config_errors_are_one_clear_line(cache_dir, capsys):
 
 def test_a_few_steps_decrease_the_loss(cache_dir):
     from spine.models import create_model
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.train.config import load_config
     from spine.train.engine import EpochSampler, train_one_epoch, warmup_cosine
     from spine.train.landmarks import LandmarkStage
@@ -156,7 +156,7 @@ _TIMES = ["train/samples_per_s", "train/data_s_per_batch", "train/step_s_per_bat
 
 def test_fold_all_writes_a_complete_run_folder(cache_dir, tmp_path):
     from spine.models import create_model
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
 
     run_dir = tmp_path / "run"
     assert main([*TINY, f"cache_dir={cache_dir}", f"run_dir={run_dir}", "fold=all", "epochs=1"]) == 0
@@ -225,7 +225,7 @@ def test_ddp_with_two_cpu_processes(cache_dir, tmp_path):
     run = json.loads((run_dir / "fold0" / "run.json").read_text())
     assert run["world_size"] == 2
     oof = pd.read_csv(run_dir / "oof.csv")
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
 
     folds = Cache.open(cache_dir).folds
     assert sorted(oof.study_id.unique()) == sorted(folds[folds.fold == 0].study_id)  # gathered from both ranks

@@ -181,7 +181,7 @@ class GradingDataset(Dataset):
     mirrored left <-> right), ``study_id``, ``index``.
 
     Args:
-        cache: a :class:`spine.preprocess.cache.Cache` (volumes are read memory-mapped).
+        cache: a :class:`spine.cache.Cache` (volumes are read memory-mapped).
         study_ids: the studies, in item order.
         labels: ``(n, L, K)`` grades (:func:`label_table`); -1 everywhere for unlabelled (test) studies.
         centres: ``(n, L, 3)`` level centres, LPS mm, NaN rows allowed (filled along the levels); a study

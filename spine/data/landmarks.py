@@ -61,7 +61,7 @@ class LandmarkDataset(Dataset):
     ``flip`` (points were relabelled left <-> right), ``study_id``, ``index``.
 
     Args:
-        cache: a :class:`spine.preprocess.cache.Cache`.
+        cache: a :class:`spine.cache.Cache`.
         study_ids: the studies, in item order. Studies without any requested series should be left out
             by the caller (:func:`studies_with_series`).
         geometry: a ``RandomGridAffine`` (training) or None (evaluation: the plain centred grid).

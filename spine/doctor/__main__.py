@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, int):
         return cfg
     from spine.doctor.run import REPORT_JSON, run_doctor
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
 
     try:
         cache = Cache.open(cfg.cache_dir)

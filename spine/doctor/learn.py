@@ -29,6 +29,7 @@ import yaml
 from spine.config import ConfigError
 from spine.doctor.registry import check
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult
+from spine.run_folder import OOF_CSV
 
 
 # ----------------------------------------------------------------------------------- the training config
@@ -54,7 +55,7 @@ def train_config(cfg, cache_root) -> object:
         tc = load_config([f"stage={cfg.stage}", *cfg.train])
     tc.cache_dir = str(cache_root)
     tc.device = cfg.device
-    if tc.landmarks and not (Path(tc.landmarks) / "oof.csv").is_file():
+    if tc.landmarks and not (Path(tc.landmarks) / OOF_CSV).is_file():
         tc.landmarks = ""  # a run moved without its landmark run: the doctor's items sit at the label points anyway
     return tc
 

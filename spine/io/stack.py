@@ -1,6 +1,6 @@
 """`DicomStack`: slices of one orientation sorted along their normal, with their exact geometry; the voxel index
 <-> world maps, also for irregular stacks. `spine.io.dicom.read_series` builds them from DICOM files, the cache
-reader (`spine.preprocess.cache.read_stack`) from a stack's record.
+reader (`spine.cache.read_stack`) from a stack's record.
 
 Frames (see DESIGN.md section 3):
 - **World**: DICOM patient coordinates, LPS, millimetres.

@@ -27,6 +27,7 @@ from pathlib import Path
 from spine.kaggle import notebook
 from spine.kaggle import wheels as W
 from spine.kaggle.config import BuildConfig
+from spine.run_folder import CONFIG_YAML
 
 OUTPUTS = ("code", "weights", "inference.ipynb", "kernel-metadata.json", "README.md", "build.json")
 BUILD_JSON = "build.json"
@@ -116,7 +117,7 @@ def check_runs(runs: list[str]) -> list[Path]:
     for path in paths:
         if not path.is_dir():
             raise BuildError(f"run folder {path} does not exist")
-        if not (path / "config.yaml").is_file():
+        if not (path / CONFIG_YAML).is_file():
             raise BuildError(f"{path} is not a run folder (no config.yaml)")
     names = [p.name for p in paths]
     duplicates = sorted({n for n in names if names.count(n) > 1})

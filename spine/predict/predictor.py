@@ -34,7 +34,7 @@ from spine.predict.landmarks import run_points
 from spine.predict.runs import Run, load_run, resolve_device
 from spine.predict.study import Issue, PredictError, StudyInfo, finalise, first_lines, study_frame
 from spine.predict.volumes import load_volumes, open_cache
-from spine.preprocess.cache import CacheError
+from spine.cache import CacheError
 
 __all__ = ["INSIDE_MARGIN_MM", "Predictor"]
 

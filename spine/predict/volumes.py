@@ -19,7 +19,7 @@ from pathlib import Path
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import read_series
 from spine.predict.study import Issue, first_lines
-from spine.preprocess.cache import Cache, volume_options
+from spine.cache import Cache, volume_options
 from spine.preprocess.volume import make_volume
 from spine.procs import worker_pool
 

@@ -4,7 +4,7 @@
   `make_volume` (one `DicomSeries` -> its kept stacks), `select_stacks`, `pixel_to_world`: the code path shared
   by the cache and inference. Nothing is resampled here: `spine.data.volume.SeriesVolume.sample` draws every
   network input from the stacks.
-- `spine.preprocess.cache`: `Cache`, the reader of a cache folder every later stage uses.
+- the cache itself (its layout, names and reader `Cache`, which every later stage uses) is `spine.cache`.
 - `spine.preprocess.run`: the run behind ``python -m spine.preprocess`` (jobs, resume, tables, summary), with
   `spine.preprocess.job` (one series -> its stack files and record), `spine.preprocess.pool` (the process pool)
   and `spine.preprocess.coordinates` (the label points in every frame).
@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Cache": "spine.preprocess.cache",
     "SeriesVolume": "spine.data.volume",
     "VolumeError": "spine.preprocess.volume",
     "make_volume": "spine.preprocess.volume",

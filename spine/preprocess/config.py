@@ -5,13 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spine.config import require_range
-from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR
+from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 
 SPLITS = ("train", "test", "all")
 
-# Default of the stack selection (spine/preprocess/volume.py explains it; it imports it from here so that composing
-# a config stays free of heavy imports). The sampler's gap default is spine.data.defaults'.
-DEFAULT_MIN_SLICES = 2
 
 
 @dataclass

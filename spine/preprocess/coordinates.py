@@ -17,22 +17,14 @@ import numpy as np
 import pandas as pd
 
 from spine.io.tables import Listing, read_coordinates
-from spine.preprocess import cache as layout
-from spine.preprocess.cache import COORDINATE_COLUMNS
+from spine import cache as layout
+from spine.cache import COORDINATE_COLUMNS, COORDINATES_CSV, UNRESOLVED_CSV
 from spine.preprocess.job import shorten
 from spine.preprocess.volume import InstanceGeometry
 
-__all__ = ["LABEL_DEFECTS", "UNRESOLVED_CSV", "label_coordinates", "label_defect", "write_coordinates"]
+__all__ = ["label_coordinates", "write_coordinates"]
 
 log = logging.getLogger(__name__)
-UNRESOLVED_CSV = "coordinates_unresolved.csv"  # label coordinates without a position, with the reason
-# reasons that say the label itself is wrong (not a series that is missing or unreadable): spine-doctor fails them
-LABEL_DEFECTS = ("ambiguous instance", "off its image", "unknown condition", "unknown level")
-
-
-def label_defect(reason: object) -> bool:
-    """Whether an unresolved point's reason says the label itself cannot be placed (`LABEL_DEFECTS`)."""
-    return isinstance(reason, str) and any(defect in reason for defect in LABEL_DEFECTS)
 
 
 def label_coordinates(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -61,7 +53,7 @@ def write_coordinates(root: Path, labels: pd.DataFrame, rejected: pd.DataFrame,
     out[["world_x", "world_y", "world_z"]] = world
     out["stack"] = pd.array([None if np.isnan(v) else int(v) for v in stack], dtype="Int64")
     out[["voxel_i", "voxel_j", "voxel_k"]] = voxel
-    layout.write_csv(out, root / "coordinates.csv")
+    layout.write_csv(out, root / COORDINATES_CSV)
     unresolved = labels[[r is not None for r in reasons]].assign(reason=[r for r in reasons if r is not None])
     parts = [frame for frame in (rejected, unresolved) if len(frame)]
     unresolved = (pd.concat(parts, ignore_index=True).sort_values("line", kind="stable") if parts else

@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from spine.io.tables import Listing, TableError, read_listing, read_train_labels
-from spine.preprocess import cache as layout
-from spine.preprocess.cache import COORDINATE_COLUMNS, FOLD_COLUMNS, SERIES_COLUMNS, cache_id, cache_params
+from spine import cache as layout
+from spine.cache import COORDINATE_COLUMNS, FOLD_COLUMNS, SERIES_COLUMNS, cache_id, cache_params
 from spine.preprocess.config import PreprocessConfig
-from spine.preprocess.coordinates import UNRESOLVED_CSV, label_coordinates, write_coordinates
+from spine.preprocess.coordinates import label_coordinates, write_coordinates
 from spine.preprocess.folds import make_folds
 from spine.preprocess.job import Job, cached_record
 from spine.preprocess.lock import writer_lock
@@ -148,7 +148,7 @@ def _write_train_tables(cfg: PreprocessConfig, root: Path, train: tuple | None, 
     """coordinates.csv, coordinates_unresolved.csv and folds.csv from ``train`` = (checked train.csv or None,
     (usable, set-aside) label coordinates, train listing); without the train split, empty tables where none are."""
     if train is None:
-        for name, columns in (("coordinates.csv", COORDINATE_COLUMNS), ("folds.csv", FOLD_COLUMNS)):
+        for name, columns in ((layout.COORDINATES_CSV, COORDINATE_COLUMNS), (layout.FOLDS_CSV, FOLD_COLUMNS)):
             if not (root / name).is_file():
                 layout.write_csv(pd.DataFrame(columns=columns), root / name)
         return
@@ -199,7 +199,7 @@ def _process(cfg: PreprocessConfig, jobs: list[Job], root: Path, params: dict, s
 
 
 def _write_cache_json(root: Path, params: dict, cfg: PreprocessConfig) -> None:
-    path = root / "cache.json"
+    path = root / layout.CACHE_JSON
     if path.is_file():
         return
     info = {"cache_id": root.name, "params": params, "data_dir": str(Path(cfg.data_dir).resolve()),
@@ -210,7 +210,7 @@ def _write_cache_json(root: Path, params: dict, cfg: PreprocessConfig) -> None:
 def _write_series_csv(root: Path, records: list[dict]) -> None:
     """series.csv: this run's rows, plus the rows of earlier runs for series this run did not list."""
     frame = pd.DataFrame([{c: _cell(r.get(c)) for c in SERIES_COLUMNS} for r in records], columns=SERIES_COLUMNS)
-    path = root / "series.csv"
+    path = root / layout.SERIES_CSV
     old = _earlier_series_rows(path)
     if old is not None:
         keys = set(zip(frame.study_id, frame.series_id))
@@ -257,7 +257,7 @@ def _train_labels(data_dir: Path) -> pd.DataFrame | None:
 def _write_folds(root: Path, labels: pd.DataFrame | None, train_path: Path, cfg: PreprocessConfig) -> None:
     """folds.csv from the checked train.csv ``labels``, written once (again only with overwrite=true): every
     later stage reuses it."""
-    path = root / "folds.csv"
+    path = root / layout.FOLDS_CSV
     if labels is None:
         log.info("%s not found: folds.csv not written", train_path)
         return
@@ -292,4 +292,4 @@ def _coordinates_part(summary: Summary) -> str:
         return ""
     unresolved = summary.n_coordinates_unresolved
     return (f"; {summary.n_coordinates} label coordinates, {unresolved} unresolved"
-            + (f" (listed in {UNRESOLVED_CSV})" if unresolved else ""))
+            + (f" (listed in {layout.UNRESOLVED_CSV})" if unresolved else ""))

@@ -39,7 +39,9 @@ import pandas as pd
 
 from spine.constants import LEVELS
 from spine.errors import one_line
+from spine.evaluate import truth_frame
 from spine.metric import PARTS
+from spine.plots import plot_confusion, plot_reliability
 from spine.report import figures as F
 from spine.report.contents import Report, StudyPage
 from spine.report.landmark_errors import error_summary, landmark_fold_metrics, point_errors
@@ -47,8 +49,7 @@ from spine.report.scores import (calibration_scores, grade_table, grading_scores
                                  test_scores)
 from spine.report.sources import ReportError, Sources
 from spine.report.studies import grading_images, guarded, point_images
-from spine.evaluate import truth_frame
-from spine.plots import plot_confusion, plot_reliability
+from spine.run_folder import CONFIG_YAML, METRICS_JSON, OOF_CSV
 
 __all__ = ["ReportError", "gather"]
 
@@ -58,12 +59,12 @@ def gather(cfg) -> Report:
     src = Sources(cfg)
     run = src.run
     report = Report(run=run, stage=src.stage, created=datetime.now().isoformat(timespec="seconds"),
-                    config_text=(run / "config.yaml").read_text(), data_dir=src.data_dir,
+                    config_text=(run / CONFIG_YAML).read_text(), data_dir=src.data_dir,
                     cache_root=src.cache.root if src.cache is not None else None, landmark_run=src.landmark_run)
-    if (run / "metrics.json").is_file():
-        report.metrics_json = (run / "metrics.json").read_text()
-    if src.landmark_run is not None and src.landmark_run != run and (src.landmark_run / "config.yaml").is_file():
-        report.landmark_config_text = (src.landmark_run / "config.yaml").read_text()
+    if (run / METRICS_JSON).is_file():
+        report.metrics_json = (run / METRICS_JSON).read_text()
+    if src.landmark_run is not None and src.landmark_run != run and (src.landmark_run / CONFIG_YAML).is_file():
+        report.landmark_config_text = (src.landmark_run / CONFIG_YAML).read_text()
     if src.data_dir is None:
         report.missing["data"] = (f"data_dir {cfg.data_dir or src.info.get('data_dir', '') or '(none recorded)'} "
                                   "is not a folder: no labels from it, no oracle")
@@ -91,7 +92,7 @@ def _landmark_sections(report: Report, src: Sources) -> pd.DataFrame | None:
     if src.landmark_run is None:
         report.missing["landmarks"] = src.landmark_note
         return None
-    path = src.landmark_run / "oof.csv"
+    path = src.landmark_run / OOF_CSV
     if not path.is_file():
         report.missing["landmarks"] = f"{path} does not exist (no finished fold)"
         return None
@@ -116,7 +117,7 @@ def _landmark_sections(report: Report, src: Sources) -> pd.DataFrame | None:
 
 def _grading_sections(report: Report, src: Sources, landmark_oof: pd.DataFrame | None) -> None:
     cfg = src.cfg
-    path = src.run / "oof.csv"
+    path = src.run / OOF_CSV
     try:
         labels = src.labels()
     except (OSError, ValueError) as err:

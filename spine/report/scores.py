@@ -20,7 +20,7 @@ from spine.calibrate import cross_fitted
 from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, SEVERITIES, parse_row_id
 from spine.io.tables import read_train_labels
 from spine.metric import EPS, PARTS, score
-from spine.run_folder import RunFolderError, read_calibration
+from spine.run_folder import SUBMISSION_CSV, TEST_CSV, RunFolderError, read_calibration
 from spine.synth.labels import oracle_submission
 
 __all__ = ["SCORE_COLUMNS", "calibration_scores", "grade_table", "grading_scores", "oracle_predictions",
@@ -131,7 +131,7 @@ def test_scores(run: Path, labels: pd.DataFrame, data_dir: Path | None) -> tuple
     ``fold = test`` as in :func:`grading_scores`, or (None, why not)."""
     if data_dir is None or not (data_dir / "test_labels.csv").is_file():
         return None, ""  # real data: the test labels are hidden
-    path = next((run / n for n in ("submission.csv", "test.csv") if (run / n).is_file()), None)
+    path = next((run / n for n in (SUBMISSION_CSV, TEST_CSV) if (run / n).is_file()), None)
     if path is None:
         return None, "the run has no submission.csv or test.csv: no test row"
     try:

@@ -10,8 +10,8 @@ import pandas as pd
 
 from spine.errors import SpineError
 from spine.io.tables import read_train_labels
-from spine.preprocess.cache import Cache, CacheError
-from spine.run_folder import RunFolderError, load_run_config, read_cache_info
+from spine.cache import Cache, CacheError
+from spine.run_folder import OOF_CSV, RunFolderError, load_run_config, read_cache_info
 
 __all__ = ["ReportError", "Sources"]
 
@@ -71,7 +71,7 @@ class Sources:
             return None, ("no landmark run: the grading run's config names none (its validation inputs were "
                           "taken at the label points); landmarks=<run> adds one")
         path = Path(text)
-        if not (path / "oof.csv").is_file():
+        if not (path / OOF_CSV).is_file():
             return None, f"landmark run {path} has no oof.csv"
         return path, ""
 

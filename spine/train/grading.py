@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spine.cache import FOLDS_CSV
+from spine.run_folder import CALIBRATION_JSON, OOF_CSV, PRIORS_JSON, SUBMISSION_CSV, TEST_CSV
 from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, row_id
 from spine.data.crops import level_centres
 from spine.data.grading import (CONDITION_SWAP, GradingDataset, WeightedEpochSampler, label_table, landmark_errors,
@@ -37,7 +39,6 @@ from spine.train.stage import Stage
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_JSON, PRIORS_JSON, SUBMISSION_CSV = "calibration.json", "priors.json", "submission.csv"
 
 
 class GradingStage(Stage):
@@ -50,7 +51,7 @@ class GradingStage(Stage):
         self.landmark_run = Path(cfg.landmarks) if cfg.landmarks else None
         # the model declares what it reads (spine.data.inputs): per-level crops or per-condition views
         self.reader = grading_input(cfg.model.name, self.scfg)
-        if self.landmark_run is not None and not (self.landmark_run / "oof.csv").is_file():
+        if self.landmark_run is not None and not (self.landmark_run / OOF_CSV).is_file():
             raise FileNotFoundError(f"landmarks={cfg.landmarks}: no oof.csv there (train the landmark stage "
                                     "with fold=all first, or leave landmarks empty to crop at the label points)")
 
@@ -95,7 +96,7 @@ class GradingStage(Stage):
 
     def _landmark_errors(self) -> np.ndarray | None:
         """(m, K, L, 3) the landmark run's own out-of-fold point errors (world mm; its oof.csv), or None."""
-        oof = self._predicted_points("oof.csv")  # every out-of-fold study: the landmark model's error pattern
+        oof = self._predicted_points(OOF_CSV)  # every out-of-fold study: the landmark model's error pattern
         errors = None if oof is None else landmark_errors(oof, self.cache.coordinates, sorted(set(oof.study_id)))
         if errors is not None and len(errors):
             log.info("training points move like the landmark run erred: %d studies' out-of-fold errors",
@@ -106,10 +107,10 @@ class GradingStage(Stage):
     def datasets(self, fold: int):
         folds, s = self.cache.folds, self.scfg
         if fold not in set(int(f) for f in folds.fold):
-            raise ValueError(f"fold {fold} has no studies in {self.cache.root / 'folds.csv'}")
+            raise ValueError(f"fold {fold} has no studies in {self.cache.root / FOLDS_CSV}")
         splits = {"train": folds[folds.fold != fold].study_id, "validation": folds[folds.fold == fold].study_id,
                   "test": self.test_studies()}
-        oof, test = self._predicted_points("oof.csv"), self._predicted_points("test.csv")
+        oof, test = self._predicted_points(OOF_CSV), self._predicted_points(TEST_CSV)
         sources = {"train": (None, True), "validation": (oof, True), "test": (test, False)}
         common = dict(cache=self.cache, reader=self.reader, percentiles=s.percentiles, seed=self.cfg.seed)
         series = self.reader.series

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from spine.cache import COORDINATES_CSV, FOLDS_CSV, UNRESOLVED_CSV
 from spine.constants import CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS
 from spine.data.landmarks import LandmarkDataset, point_names, studies_with_series
 from spine.data.transforms import IntensityAugment, RandomGridAffine
@@ -26,7 +27,6 @@ from spine.losses import landmark_loss
 from spine.models.decode import LandmarkDecoder
 from spine.errors import TrainingDataError
 from spine.evaluate import landmark_metrics, truth_frame
-from spine.preprocess.coordinates import UNRESOLVED_CSV
 from spine.train.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class LandmarkStage(Stage):
     def datasets(self, fold: int):
         folds = self.cache.folds
         if fold not in set(int(f) for f in folds.fold):
-            raise ValueError(f"fold {fold} has no studies in {self.cache.root / 'folds.csv'} "
+            raise ValueError(f"fold {fold} has no studies in {self.cache.root / FOLDS_CSV} "
                              f"(folds: {sorted(set(int(f) for f in folds.fold))})")
         s = self.scfg
         train_ids, skipped_train = studies_with_series(self.cache, folds[folds.fold != fold].study_id, s.series)
@@ -79,10 +79,10 @@ class LandmarkStage(Stage):
         if np.isfinite(train.world).all(-1).any():
             return
         root = self.cache.root
-        where = (f"{root / 'coordinates.csv'} has no point with a world position (see {root / UNRESOLVED_CSV} "
+        where = (f"{root / COORDINATES_CSV} has no point with a world position (see {root / UNRESOLVED_CSV} "
                  "for why)" if not np.isfinite(self.cache.coordinates[["world_x", "world_y", "world_z"]].to_numpy(
                      dtype=np.float64)).all(-1).any() else
-                 f"none of {root / 'coordinates.csv'} is of conditions {list(self.scfg.conditions)} in these studies")
+                 f"none of {root / COORDINATES_CSV} is of conditions {list(self.scfg.conditions)} in these studies")
         raise TrainingDataError(f"fold {fold}: no label point to train the landmark stage on among its "
                                 f"{len(train)} training studies: {where}")
 

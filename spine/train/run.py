@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from spine.cache import FOLDS_CSV
 from spine.config import ConfigError, to_yaml
 from spine.train import checkpoint as ckpt
 from spine.run_folder import CACHE_JSON, CONFIG_YAML, METRICS_JSON, OOF_CSV, TEST_CSV, fold_dirs
@@ -46,7 +47,7 @@ def check_model(cfg, stage) -> None:
 
 def run(cfg) -> dict:
     """Train ``cfg.fold`` (or every fold) and aggregate; returns the run's metrics (main process)."""
-    from spine.preprocess.cache import Cache
+    from spine.cache import Cache
     from spine.train.stage import build_stage
 
     rt = setup_runtime(cfg.device, cfg.amp, cfg.channels_last)
@@ -57,7 +58,7 @@ def run(cfg) -> dict:
         stage.check_data()
         folds = stage.folds() if cfg.fold == "all" else [int(cfg.fold)]
         if not set(folds) <= set(stage.folds()):
-            raise ConfigError(f"fold {cfg.fold} has no studies in {cache.root / 'folds.csv'}; folds: "
+            raise ConfigError(f"fold {cfg.fold} has no studies in {cache.root / FOLDS_CSV}; folds: "
                               f"{', '.join(map(str, stage.folds()))} or all")
         run_dir = Path(cfg.run_dir)
         if rt.is_main:

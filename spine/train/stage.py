@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from spine.cache import FOLDS_CSV
 from spine.errors import TrainingDataError
 from spine.io.tables import TableError, read_train_labels
 
@@ -40,7 +41,7 @@ class Stage:
         """Before any training: refuse a cache without a labelled study (`TrainingDataError`), and warn when the
         data folder's train.csv lists other studies than the cache's folds.csv (it changed after
         preprocessing). Stages add what their own data needs."""
-        folds = self.cache.root / "folds.csv"
+        folds = self.cache.root / FOLDS_CSV
         if self.cache.folds.empty:
             raise TrainingDataError(f"nothing to train on: {folds} lists no study (was train.csv empty, or the "
                                     "train split not preprocessed? re-run python -m spine.preprocess with split=train "

@@ -1,10 +1,12 @@
-"""The preprocessing cache on disk: its layout, its id, atomic writes, and `Cache`, the reader every stage uses.
+"""The preprocessing cache on disk, the one owner of its contract: its layout and file names, its id, atomic
+writes, and `Cache`, the reader every stage uses (``python -m spine.preprocess`` writes it through this module).
 
-Layout of ``cache_dir/<cache id>/``:
-    cache.json                         how it was made (stack rules, code version)
-    series.csv                         one row per series (status ok / error, reason, its stacks, irregular ones)
-    coordinates.csv                    every label point: DICOM pixel, world LPS mm, stack and voxel (i, j, k) in it
-    folds.csv                          study_id -> fold
+Layout of ``cache_dir/<cache id>/`` (the names are this module's constants):
+    cache.json                         how it was made (stack rules, code version)                  CACHE_JSON
+    series.csv                         one row per series (status ok / error, reason, its stacks)   SERIES_CSV
+    coordinates.csv                    every label point: DICOM pixel, world LPS mm, stack voxel    COORDINATES_CSV
+    coordinates_unresolved.csv         the label points without a position, with the reason         UNRESOLVED_CSV
+    folds.csv                          study_id -> fold                                             FOLDS_CSV
     volumes/{study}/{series}_{n}.nii   stack n of the series on its acquired grid, NIfTI-1 uncompressed
                                        (memory-mappable), the stored integers where the rescale keeps them integral
     volumes/{study}/{series}.json      the series' record, with every stack's exact geometry: written last, so
@@ -37,16 +39,21 @@ from spine.constants import series_type
 from spine.data.volume import SeriesVolume
 from spine.errors import SpineError, one_line
 from spine.io.dicom import DicomStack
-from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR
-from spine.preprocess.config import DEFAULT_MIN_SLICES
+from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 
-__all__ = ["CACHE_VERSION", "Cache", "CacheError", "cache_id", "cache_params", "format_triple", "parse_triple",
-           "read_stack", "stack_record", "volume_options", "write_stack"]
+__all__ = ["CACHE_JSON", "CACHE_VERSION", "COORDINATES_CSV", "FOLDS_CSV", "LABEL_DEFECTS", "SERIES_CSV", "UNRESOLVED_CSV",
+           "Cache", "label_defect",
+           "CacheError", "cache_id", "cache_params", "format_triple", "parse_triple", "read_stack", "stack_record",
+           "volume_options", "write_stack"]
 
 CACHE_VERSION = 6  # 2: grid never finer than acquired; 3: other-orientation and overlapped stacks left out;
 # 4: interleaved stacks of two slice sizes merged into one; 5: the acquired stacks, no resampling; 6: label points
 # on an ambiguous InstanceNumber, off their image or with an unknown condition / level name left unresolved
 CACHE_PREFIX = "stacks"  # every series is kept as its acquired stacks
+CACHE_JSON, SERIES_CSV, COORDINATES_CSV, FOLDS_CSV = "cache.json", "series.csv", "coordinates.csv", "folds.csv"
+UNRESOLVED_CSV = "coordinates_unresolved.csv"  # label coordinates without a position, with the reason
+# reasons that say the label itself is wrong (not a series that is missing or unreadable): spine-doctor fails them
+LABEL_DEFECTS = ("ambiguous instance", "off its image", "unknown condition", "unknown level")
 SERIES_COLUMNS = ["split", "study_id", "series_id", "description", "status", "reason", "n_stacks",
                   "n_slices", "n_skipped_files", "orig_shape", "orig_spacing", "shape", "spacing", "dtype",
                   "irregular"]
@@ -57,6 +64,11 @@ _SERIES_READ = ("split", "study_id", "series_id", "description", "status", "reas
                 "n_skipped_files")  # the columns of series.csv that readers use
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 NIFTI_HEADER_BYTES = 352  # NIfTI-1 single file: 348-byte header + 4-byte extension flag, then the voxels
+
+
+def label_defect(reason: object) -> bool:
+    """Whether an unresolved point's reason says the label itself cannot be placed (`LABEL_DEFECTS`)."""
+    return isinstance(reason, str) and any(defect in reason for defect in LABEL_DEFECTS)
 
 
 def cache_params(min_slices: int, max_gap_factor: float) -> dict:
@@ -264,7 +276,7 @@ class CacheError(SpineError, FileNotFoundError):
 def _version_of(root: Path) -> int | None:
     """The cache version in ``root/cache.json`` (None when unreadable)."""
     try:
-        return int(json.loads((root / "cache.json").read_text())["params"]["version"])
+        return int(json.loads((root / CACHE_JSON).read_text())["params"]["version"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -287,10 +299,10 @@ class Cache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        if not (self.root / "series.csv").is_file():
+        if not (self.root / SERIES_CSV).is_file():
             raise FileNotFoundError(f"{self.root} is not a preprocessing cache (no series.csv)")
         self.cache_id = self.root.name
-        info = self.root / "cache.json"
+        info = self.root / CACHE_JSON
         try:
             self.info: dict = json.loads(info.read_text()) if info.is_file() else {}
         except (OSError, ValueError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -306,9 +318,9 @@ class Cache:
         inside it. Never guesses: several caches in ``cache_dir`` are an error that lists them, and a cache made
         by another ``CACHE_VERSION`` is refused with the command that rebuilds it (:class:`CacheError`)."""
         cache_dir = Path(cache_dir)
-        if (cache_dir / "series.csv").is_file():
+        if (cache_dir / SERIES_CSV).is_file():
             return cls._checked(cache_dir)
-        candidates = sorted(d for d in cache_dir.iterdir() if (d / "series.csv").is_file()) if cache_dir.is_dir() else []
+        candidates = sorted(d for d in cache_dir.iterdir() if (d / SERIES_CSV).is_file()) if cache_dir.is_dir() else []
         if not candidates:
             raise CacheError(f"no preprocessing cache in {cache_dir} (run python -m spine.preprocess)")
         current = [d for d in candidates if _version_of(d) == CACHE_VERSION]
@@ -322,7 +334,7 @@ class Cache:
         cache = cls(root)  # a cache.json that is not a JSON object: CacheError naming it
         version = _version_of(root)
         if version is None and cache.info:
-            raise CacheError(f"damaged cache file {root / 'cache.json'}: no params.version; {cache.repair_hint()}")
+            raise CacheError(f"damaged cache file {root / CACHE_JSON}: no params.version; {cache.repair_hint()}")
         if version != CACHE_VERSION:
             raise CacheError(f"{root} was made by cache version {version}, this spine reads version {CACHE_VERSION}: "
                              f"rebuild it with python -m spine.preprocess (same data_dir and options)")
@@ -381,25 +393,25 @@ class Cache:
             CacheError: series.csv is empty, not CSV, lacks a column or holds an id or a count that is not an
                 integer (the message names the file, the line and the repair).
         """
-        frame = self._table("series.csv", _SERIES_READ, dtype=str, keep_default_na=False)
-        self._integers(frame, "series.csv", ("study_id", "series_id"), nullable=False)
-        self._integers(frame, "series.csv", ("n_stacks", "n_slices", "n_skipped_files"), nullable=True)
+        frame = self._table(SERIES_CSV, _SERIES_READ, dtype=str, keep_default_na=False)
+        self._integers(frame, SERIES_CSV, ("study_id", "series_id"), nullable=False)
+        self._integers(frame, SERIES_CSV, ("n_stacks", "n_slices", "n_skipped_files"), nullable=True)
         frame["description"] = [series_type(d) for d in frame["description"]]  # also caches of older runs
         return frame
 
     @cached_property
     def coordinates(self) -> pd.DataFrame:
         """coordinates.csv (empty without one); CacheError when it cannot be read or lacks an id column."""
-        if not (self.root / "coordinates.csv").is_file():
+        if not (self.root / COORDINATES_CSV).is_file():
             return pd.DataFrame(columns=COORDINATE_COLUMNS)
-        return self._table("coordinates.csv", ("study_id", "series_id", "condition", "level"))
+        return self._table(COORDINATES_CSV, ("study_id", "series_id", "condition", "level"))
 
     @cached_property
     def folds(self) -> pd.DataFrame:
         """folds.csv, study_id and fold (empty without one); CacheError when it cannot be read or lacks them."""
-        if not (self.root / "folds.csv").is_file():
+        if not (self.root / FOLDS_CSV).is_file():
             return pd.DataFrame(columns=FOLD_COLUMNS)
-        return self._table("folds.csv", tuple(FOLD_COLUMNS))
+        return self._table(FOLDS_CSV, tuple(FOLD_COLUMNS))
 
     # ---- series
     def series_of(self, study_id: int, description: str) -> list[int]:
@@ -412,7 +424,7 @@ class Cache:
         s = self.series
         rows = s[(s.study_id == int(study_id)) & (s.series_id == int(series_id))]
         if rows.empty:
-            raise KeyError(f"series {study_id}/{series_id} is not in {self.root / 'series.csv'}")
+            raise KeyError(f"series {study_id}/{series_id} is not in {self.root / SERIES_CSV}")
         return rows.iloc[0]
 
     def record(self, study_id: int, series_id: int) -> dict:
