@@ -40,8 +40,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grading_speed import stage_loader_rate  # noqa: E402
 from landmarks import ensure_data  # noqa: E402

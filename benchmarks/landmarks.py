@@ -50,8 +50,8 @@ def time_loader_and_step(cfg, n_batches: int = 6) -> dict:
     """Seconds per batch of the data pipeline alone (one process) and of one optimizer step alone."""
     import torch
 
-    from spine.models import create_model
     from spine.cache import Cache
+    from spine.models import create_model
     from spine.train.landmarks import LandmarkStage
 
     stage = LandmarkStage(cfg, Cache.open(cfg.cache_dir))
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_data(data, cache_dir)
 
     from spine.cache import Cache
-    from spine.train.config import load_config
     from spine.evaluate import landmark_metrics, truth_frame
+    from spine.train.config import load_config
     from spine.train.run import run
 
     cfg = load_config(["experiment=bench_cpu", f"cache_dir={cache_dir}", f"run_dir={run_dir}", f"fold={args.fold}",

@@ -76,9 +76,9 @@ def _per_item(fn, items: list) -> float:
 
 def _sampler(cache_root: Path, n_items: int) -> dict[str, float]:
     """Seconds per 3-channel 64^3 crop and per 5 x 64 x 64 view, on the first study with all three series."""
+    from spine.cache import Cache
     from spine.data.crops import crop_grid
     from spine.data.grid import SamplingGrid
-    from spine.cache import Cache
 
     cache = Cache(cache_root)
     coords = cache.coordinates
@@ -187,7 +187,7 @@ def main() -> None:
         assert summary.n_errors == 0, summary.failures
 
     floor = times["decode (pydicom, floor)"]
-    print(f"\n| variant | seconds | studies/s | x decode |\n|---|---:|---:|---:|")
+    print("\n| variant | seconds | studies/s | x decode |\n|---|---:|---:|---:|")
     for name, seconds in times.items():
         print(f"| {name} | {seconds:.2f} | {n_studies / seconds:.2f} | {seconds / floor:.2f} |")
     one = times["preprocess, 1 worker(s)"]
@@ -201,7 +201,7 @@ def main() -> None:
     volumes = [p for p in Path(summary.cache_root, "volumes").rglob("*") if p.is_file()]
     cache_bytes = sum(p.stat().st_size for p in volumes)
     stack_bytes = sum(p.stat().st_size for p in volumes if p.suffix == ".nii")
-    print(f"\n| bytes per study | MB | x DICOM pixel data |\n|---|---:|---:|")
+    print("\n| bytes per study | MB | x DICOM pixel data |\n|---|---:|---:|")
     for name, size in (("DICOM files", file_bytes), ("DICOM pixel data", pixel_bytes),
                        ("cache volumes/ (stacks + records)", cache_bytes), ("of which stack files (.nii)", stack_bytes)):
         print(f"| {name} | {size / 1e6 / n_studies:.1f} | {size / pixel_bytes:.3f} |")

@@ -222,8 +222,8 @@ def centre_baseline_metrics(cache_dir: Path, series: str = "Sagittal T2/STIR") -
     """Level-ID and error of the centre-offset baseline (5 folds of the cache's folds.csv), and the share of label
     points outside the default landmark grid (`GridConfig`, centred on the volume)."""
     from spine.cache import Cache
-    from spine.run_config import GridConfig
     from spine.evaluate import landmark_metrics, truth_frame
+    from spine.run_config import GridConfig
 
     cache = Cache.open(cache_dir)
     oof = cache.folds[["study_id", "fold"]]

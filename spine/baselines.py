@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import LABEL_COLUMNS, PROB_COLUMNS, SEVERITY_WEIGHTS, study_row_ids
-from spine.io.tables import read_listing, read_train_labels
+from spine.io.tables import labels_to_long, read_listing, read_train_labels
 from spine.logs import configure as configure_logging
-from spine.io.tables import labels_to_long
 
 
 def _unique_studies(study_ids: Iterable[object]) -> list[object]:

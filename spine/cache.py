@@ -31,15 +31,15 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
-import nibabel as nib
 
 from spine.constants import series_type
+from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 from spine.data.volume import SeriesVolume
 from spine.errors import SpineError, one_line
 from spine.io.dicom import DicomStack
-from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 
 __all__ = ["CACHE_JSON", "CACHE_VERSION", "COORDINATES_CSV", "FOLDS_CSV", "LABEL_DEFECTS", "SERIES_CSV", "UNRESOLVED_CSV",
            "Cache", "label_defect",

@@ -18,8 +18,16 @@ from spine.calibrate import (
     fit_calibration,
     labelled_predictions,
 )
-from spine.constants import (CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, SEVERITIES, SEVERITY_WEIGHTS,
-                             label_column, row_id)
+from spine.constants import (
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVELS,
+    PROB_COLUMNS,
+    SEVERITIES,
+    SEVERITY_WEIGHTS,
+    label_column,
+    row_id,
+)
 from spine.metric import score
 from spine.plots import plot_confusion, plot_reliability
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from omegaconf import OmegaConf
 
 from spine.config import ConfigError, compose, to_yaml

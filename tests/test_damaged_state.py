@@ -93,8 +93,8 @@ def test_predict_drops_a_cache_with_a_damaged_series_csv_and_writes_every_row(da
 
 def test_a_damaged_cache_table_is_a_cache_error_naming_the_file(tiny_cache_dir, tmp_path):
     """What every stage meets (training, the doctor, the report): a CacheError (exit code 1) that names the file."""
-    from spine.errors import SpineError
     from spine.cache import Cache, CacheError
+    from spine.errors import SpineError
 
     cache_dir, root = _copy_cache(tiny_cache_dir, tmp_path)
     (root / "series.csv").write_text((root / "series.csv").read_text().replace("\n", "\nnot,a,row\n", 1))
@@ -129,8 +129,8 @@ def _cut_short(cache, study: int, series: int, how: str = "cut short") -> Path:
 @pytest.mark.parametrize("how, why", [("cut short", "cut short ("), ("header zeroed", "ImageFileError: ")])
 def test_a_damaged_stack_ends_training_with_one_line_and_the_command_that_repairs_it(how, why, tiny_cache_dir,
                                                                                      tmp_path, capsys):
-    from spine.preprocess.__main__ import main as preprocess
     from spine.cache import Cache
+    from spine.preprocess.__main__ import main as preprocess
     from spine.train.__main__ import main as train
 
     cache_dir, root = _copy_cache(tiny_cache_dir, tmp_path)
@@ -155,9 +155,9 @@ def test_a_damaged_stack_ends_training_with_one_line_and_the_command_that_repair
 
 
 def test_predict_reads_dicom_for_a_study_whose_cached_stack_is_cut_short(tiny_dataset, tiny_cache_dir, tmp_path):
+    from spine.cache import Cache
     from spine.predict import read_listing
     from spine.predict.volumes import load_volumes
-    from spine.cache import Cache
 
     cache_dir, root = _copy_cache(tiny_cache_dir, tmp_path)
     studies, series = read_listing(tiny_dataset, "test")
@@ -241,8 +241,7 @@ def test_a_damaged_run_config_is_a_run_folder_error_naming_the_file(text, why, t
 
 
 def test_damaged_json_files_of_a_run_folder_are_run_folder_errors(tiny_runs, tmp_path):
-    from spine.run_folder import (RunFolderError, read_cache_info, read_calibration, read_model_json,
-                                  read_priors)
+    from spine.run_folder import RunFolderError, read_cache_info, read_calibration, read_model_json, read_priors
 
     _, grading = _copy_runs(tiny_runs, tmp_path)
     cases = [("cache.json", read_cache_info, ["{", "[]", b"\xff"]),

@@ -18,10 +18,10 @@ import numpy as np
 import pydicom
 import pytest
 
+from spine.cache import irregular_reason, read_stack, stack_record, write_stack
 from spine.data.grid import SamplingGrid
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import DicomStack, IrregularStackError, _dataset_frame_geometry, read_series
-from spine.cache import irregular_reason, read_stack, stack_record, write_stack
 from spine.preprocess.volume import make_volume
 
 QA_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/dicom_qa"

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from spine.cache import Cache
 from spine.config import compose
 from spine.doctor.config import DoctorConfig
 from spine.doctor.result import Context
-from spine.cache import Cache
 
 TINY_TRAIN = ['model=landmark_25d_tiny', 'stage.grid.size=[8,32,32]', 'stage.grid.spacing_mm=[10,10,10]',
               'num_workers=0', 'batch_size=4']

@@ -9,8 +9,15 @@ import pytest
 
 from spine.constants import CONDITIONS, LEVELS, SERIES_TYPES, label_column
 from spine.data.crops import crop_grid, fill_centres, level_axes, level_centres, sample_crop
-from spine.data.grading import (CONDITION_SWAP, GradingDataset, RandomCropAugment, WeightedEpochSampler,
-                                centre_table, label_table, study_weights)
+from spine.data.grading import (
+    CONDITION_SWAP,
+    GradingDataset,
+    RandomCropAugment,
+    WeightedEpochSampler,
+    centre_table,
+    label_table,
+    study_weights,
+)
 from spine.data.inputs import CropInput
 from spine.data.transforms import rotation_matrix
 from spine.data.volume import SeriesVolume

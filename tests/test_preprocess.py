@@ -18,13 +18,12 @@ import pandas as pd
 import pydicom
 import pytest
 
+from spine.cache import CACHE_VERSION, LPS_TO_RAS, SERIES_COLUMNS, Cache, parse_triple, record_path, stack_path
 from spine.config import compose
 from spine.constants import condition_from_name, level_from_name
 from spine.data.grid import SamplingGrid
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import read_series
-from spine.cache import Cache
-from spine.cache import CACHE_VERSION, LPS_TO_RAS, SERIES_COLUMNS, parse_triple, record_path, stack_path
 from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.folds import make_folds, strata
 from spine.preprocess.run import run

@@ -16,12 +16,11 @@ import pandas as pd
 import pydicom
 import pytest
 
+from spine.cache import Cache, record_path, remove_partials, stack_path
 from spine.config import compose
 from spine.constants import LABEL_COLUMNS
-from spine.cache import Cache
 from spine.preprocess import pool
 from spine.preprocess.__main__ import main
-from spine.cache import record_path, remove_partials, stack_path
 from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.job import process_series
 from spine.preprocess.run import run

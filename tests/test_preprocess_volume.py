@@ -16,9 +16,9 @@ import pydicom
 import pytest
 from scipy import ndimage
 
+from spine.cache import stack_record
 from spine.data.grid import SamplingGrid
 from spine.io.dicom import read_series
-from spine.cache import stack_record
 from spine.preprocess.coordinates import _stack_voxel
 from spine.preprocess.volume import VolumeError, instance_geometry, make_volume, pixel_to_world, volume_from_dicom
 from spine.synth.dicom_writer import SliceTags, write_slice

@@ -14,10 +14,9 @@ import pandas as pd
 import pydicom
 import pytest
 
+from spine.cache import UNRESOLVED_CSV, Cache
 from spine.config import compose
 from spine.constants import LABEL_COLUMNS, canonical_condition, canonical_level
-from spine.cache import Cache
-from spine.cache import UNRESOLVED_CSV
 from spine.preprocess.lock import writer_lock
 
 TRAIN = ["epochs=1", "batch_size=2", "num_workers=0", "max_steps_per_epoch=1", "progress=false",

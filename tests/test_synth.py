@@ -13,13 +13,25 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from conftest import make_synth
+
 from spine.baselines import class_prior_submission
 from spine.config import compose
-from spine.constants import (CONDITION_NAMES, CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVEL_NAMES, LEVELS,
-                             PROB_COLUMNS, SERIES_TYPES, SEVERITIES, condition_from_name, label_column,
-                             level_from_name, study_row_ids)
+from spine.constants import (
+    CONDITION_NAMES,
+    CONDITION_SERIES,
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVEL_NAMES,
+    LEVELS,
+    PROB_COLUMNS,
+    SERIES_TYPES,
+    SEVERITIES,
+    condition_from_name,
+    label_column,
+    level_from_name,
+    study_row_ids,
+)
 from spine.metric import score
 from spine.synth import labels as label_model
 from spine.synth.anatomy import CANAL_CLOSE_MM, Spine

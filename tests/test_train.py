@@ -46,8 +46,8 @@ def test_config_errors_are_one_clear_line(cache_dir, capsys):
 
 
 def test_a_few_steps_decrease_the_loss(cache_dir):
-    from spine.models import create_model
     from spine.cache import Cache
+    from spine.models import create_model
     from spine.train.config import load_config
     from spine.train.engine import EpochSampler, train_one_epoch, warmup_cosine
     from spine.train.landmarks import LandmarkStage
@@ -155,8 +155,8 @@ _TIMES = ["train/samples_per_s", "train/data_s_per_batch", "train/step_s_per_bat
 
 
 def test_fold_all_writes_a_complete_run_folder(cache_dir, tmp_path):
-    from spine.models import create_model
     from spine.cache import Cache
+    from spine.models import create_model
 
     run_dir = tmp_path / "run"
     assert main([*TINY, f"cache_dir={cache_dir}", f"run_dir={run_dir}", "fold=all", "epochs=1"]) == 0

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from spine.constants import CONDITIONS, GROUPS, LEVELS
-from spine.data.crops import level_axes
 from spine.data.grading import RandomPointAugment, landmark_errors, point_table
 from spine.data.transforms import rotation_matrix
 from spine.data.views import ViewSet, ViewSpec, build_views, view_grid

@@ -20,6 +20,7 @@ normalises with the series' robust intensity range, the same for every crop of t
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
 from spine.constants import CONDITIONS

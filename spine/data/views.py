@@ -37,8 +37,8 @@ import numpy as np
 from spine.constants import CONDITION_GROUP, CONDITIONS, GROUPS, condition_side
 from spine.data.crops import fill_centres, level_axes, level_centres
 from spine.data.grid import SamplingGrid
-from spine.data.volume import SeriesVolume
 from spine.data.transforms import GridAffine
+from spine.data.volume import SeriesVolume
 
 PLANES: tuple[str, ...] = ("sagittal", "axial")
 CENTRES: tuple[str, ...] = ("spinal", "foraminal", "subarticular", "level")

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR
 from spine.data.grid import SamplingGrid
 from spine.io.dicom import DicomStack
-from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR
 
 __all__ = ["SeriesVolume", "robust_range"]
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import sys
 
 from spine.config import compose_or_code
-from spine.errors import command
 from spine.doctor.config import DoctorConfig
 from spine.doctor.registry import help_text
+from spine.errors import command
 
 
 def describe() -> str:
@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = compose_or_code("doctor", args, DoctorConfig, describe(), prog="spine-doctor")
     if isinstance(cfg, int):
         return cfg
-    from spine.doctor.run import REPORT_JSON, run_doctor
     from spine.cache import Cache
+    from spine.doctor.run import REPORT_JSON, run_doctor
 
     try:
         cache = Cache.open(cfg.cache_dir)

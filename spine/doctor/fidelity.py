@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-from math import gcd
-
 import numpy as np
 import pandas as pd
 

@@ -14,8 +14,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from spine.constants import (CONDITION_NAMES, CONDITION_SERIES, CONDITIONS, LEVEL_NAMES, LEVELS, SEVERITIES,
-                             label_column, series_type)
+from spine.constants import (
+    CONDITION_NAMES,
+    CONDITION_SERIES,
+    CONDITIONS,
+    LEVEL_NAMES,
+    LEVELS,
+    SEVERITIES,
+    label_column,
+    series_type,
+)
 from spine.doctor.registry import check
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spine.cache import UNRESOLVED_CSV, label_defect
 from spine.constants import CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS, SERIES_TYPES, condition_side
 from spine.doctor.registry import check
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult, share_status
-from spine.cache import UNRESOLVED_CSV, label_defect
 
 log = logging.getLogger(__name__)
 

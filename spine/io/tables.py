@@ -28,8 +28,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine.constants import (CONDITION_NAMES, LABEL_COLUMNS, LEVEL_NAMES, LEVELS, CONDITIONS, SEVERITIES,
-                             canonical_condition, canonical_description, canonical_level, row_id, series_type)
+from spine.constants import (
+    CONDITION_NAMES,
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVEL_NAMES,
+    LEVELS,
+    SEVERITIES,
+    canonical_condition,
+    canonical_description,
+    canonical_level,
+    row_id,
+    series_type,
+)
 from spine.errors import InputError
 
 __all__ = ["COORDINATE_INPUT_COLUMNS", "LISTING_COLUMNS", "Listing", "TableError", "labels_to_long", "read_coordinates",

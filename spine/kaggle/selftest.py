@@ -264,7 +264,7 @@ def execute_notebook(src: Path, dst: Path, vpython: Path, jupyter: Path, env: di
         output = _cell_text(failed, 60) if failed is not None else ""
         raise SelftestError(f"the notebook failed: {err.ename}: {err.evalue}\n--- cell output (last lines) ---\n"
                             f"{output}\n--- executed notebook: {dst} ---") from None
-    except Exception as err:  # kernel died, timeout, ...
+    except Exception as err:  # noqa: BLE001 - kernel died, timeout, ...: one line, the run is over either way
         raise SelftestError(f"the notebook could not run: {type(err).__name__}: {err}") from None
     finally:
         nbformat.write(nb, dst)

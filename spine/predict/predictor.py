@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from spine.cache import CacheError
 from spine.constants import LABEL_COLUMNS, LEVEL_NAMES, PROB_COLUMNS
 from spine.data.crops import fill_centres, level_centres
 from spine.models.decode import LandmarkDecoder
@@ -34,7 +35,6 @@ from spine.predict.landmarks import run_points
 from spine.predict.runs import Run, load_run, resolve_device
 from spine.predict.study import Issue, PredictError, StudyInfo, finalise, first_lines, study_frame
 from spine.predict.volumes import load_volumes, open_cache
-from spine.cache import CacheError
 
 __all__ = ["INSIDE_MARGIN_MM", "Predictor"]
 

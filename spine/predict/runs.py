@@ -15,15 +15,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spine.cache import volume_options
 from spine.calibrate import Calibration
 from spine.data.inputs import GradingInput, grading_input
 from spine.data.volume import SeriesVolume
 from spine.models import create_model
 from spine.predict.study import PredictError, first_lines
-from spine.cache import volume_options
 from spine.run_config import TrainConfig
-from spine.run_folder import (MODEL_WEIGHTS, RunFolderError, fold_dirs, load_run_config, missing_model_files,
-                              read_cache_info, read_calibration, read_model_json, read_priors)
+from spine.run_folder import (
+    MODEL_WEIGHTS,
+    RunFolderError,
+    fold_dirs,
+    load_run_config,
+    missing_model_files,
+    read_cache_info,
+    read_calibration,
+    read_model_json,
+    read_priors,
+)
 
 __all__ = ["Run", "load_run"]
 

@@ -15,11 +15,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-
+from spine.cache import Cache, volume_options
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import read_series
 from spine.predict.study import Issue, first_lines
-from spine.cache import Cache, volume_options
 from spine.preprocess.volume import make_volume
 from spine.procs import worker_pool
 

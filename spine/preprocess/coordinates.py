@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine.io.tables import Listing, read_coordinates
 from spine import cache as layout
 from spine.cache import COORDINATE_COLUMNS, COORDINATES_CSV, UNRESOLVED_CSV
+from spine.io.tables import Listing, read_coordinates
 from spine.preprocess.job import shorten
 from spine.preprocess.volume import InstanceGeometry
 

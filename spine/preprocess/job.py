@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spine.io.dicom import DicomSeries, SeriesReadError, read_series
 from spine import cache as layout
 from spine.cache import NIFTI_HEADER_BYTES, format_triple
+from spine.io.dicom import DicomSeries, SeriesReadError, read_series
 from spine.preprocess.volume import VolumeError, ambiguous_instances, instance_geometry, make_volume
 
 __all__ = ["Job", "cached_record", "crash_record", "process_series", "shorten"]

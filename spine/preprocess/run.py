@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine.io.tables import Listing, TableError, read_listing, read_train_labels
 from spine import cache as layout
 from spine.cache import COORDINATE_COLUMNS, FOLD_COLUMNS, SERIES_COLUMNS, cache_id, cache_params
+from spine.io.tables import Listing, TableError, read_listing, read_train_labels
 from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.coordinates import label_coordinates, write_coordinates
 from spine.preprocess.folds import make_folds

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from spine.cache import irregular_reason
 from spine.constants import series_type
+from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 from spine.data.volume import SeriesVolume
 from spine.io.dicom import DicomSeries, DicomStack, read_series
 from spine.io.stack import POSITION_TOL_MM
-from spine.cache import irregular_reason
-from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 
 __all__ = [
     "InstanceGeometry",

@@ -45,8 +45,7 @@ from spine.plots import plot_confusion, plot_reliability
 from spine.report import figures as F
 from spine.report.contents import Report, StudyPage
 from spine.report.landmark_errors import error_summary, landmark_fold_metrics, point_errors
-from spine.report.scores import (calibration_scores, grade_table, grading_scores, scorable, study_scores,
-                                 test_scores)
+from spine.report.scores import calibration_scores, grade_table, grading_scores, scorable, study_scores, test_scores
 from spine.report.sources import ReportError, Sources
 from spine.report.studies import grading_images, guarded, point_images
 from spine.run_folder import CONFIG_YAML, METRICS_JSON, OOF_CSV

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import CONDITION_GROUP, CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS
-from spine.report.contents import LANDMARK_KEYS
 from spine.evaluate import landmark_metrics
+from spine.report.contents import LANDMARK_KEYS
 
 __all__ = ["error_summary", "landmark_fold_metrics", "point_errors"]
 

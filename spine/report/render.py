@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from spine.constants import CONDITIONS, LEVEL_NAMES, LEVELS, PROB_COLUMNS
-from spine.report.figures import GRADE_SHORT, SHORT
 from spine.report.contents import LANDMARK_KEYS, Report, StudyPage
+from spine.report.figures import GRADE_SHORT, SHORT
 
 __all__ = ["GRADING_SECTIONS", "LANDMARK_SECTIONS", "render"]
 

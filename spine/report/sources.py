@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from spine.cache import Cache, CacheError
 from spine.errors import SpineError
 from spine.io.tables import read_train_labels
-from spine.cache import Cache, CacheError
 from spine.run_folder import OOF_CSV, RunFolderError, load_run_config, read_cache_info
 
 __all__ = ["ReportError", "Sources"]

@@ -18,8 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine.constants import (CONDITION_NAMES, CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVEL_NAMES, LEVELS,
-                             PROB_COLUMNS, SEVERITIES, label_column, study_row_ids)
+from spine.constants import (
+    CONDITION_NAMES,
+    CONDITION_SERIES,
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVEL_NAMES,
+    LEVELS,
+    PROB_COLUMNS,
+    SEVERITIES,
+    label_column,
+    study_row_ids,
+)
 from spine.procs import worker_pool
 from spine.synth import labels as label_model
 from spine.synth.acquisition import SeriesPlan, plan_axial, plan_sagittal, render_slice

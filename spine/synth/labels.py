@@ -21,10 +21,9 @@ The label model (documented in docs/synthetic.md):
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import norm
-
 import pandas as pd
 from scipy.optimize import minimize_scalar
+from scipy.stats import norm
 
 from spine.constants import CONDITION_GROUP, CONDITIONS, LEVELS, PROB_COLUMNS, SEVERITY_WEIGHTS, row_id
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from spine.run_folder import CHECKPOINT, MODEL_JSON, MODEL_WEIGHTS  # ckpt.MODEL_JSON etc. for the engine
+from spine.run_folder import CHECKPOINT, MODEL_WEIGHTS
 
 FINAL = MODEL_WEIGHTS  # the finished fold's weights (the file names of a run folder: spine.run_folder)
 LAST = "last.safetensors"  # the weights of checkpoints written before the epoch-numbered names (still resumed)

@@ -13,9 +13,19 @@ from omegaconf.errors import OmegaConfBaseException
 
 from spine.config import ConfigError, _first_line, compose
 from spine.device import check_device
-from spine.run_config import (STAGES, CropConfig, GradingAugmentConfig, GradingStageConfig, GridConfig,
-                              LandmarkAugmentConfig, LandmarkStageConfig, ModelConfig, OptimConfig, TrainConfig,
-                              merge_stage)
+from spine.run_config import (
+    STAGES,
+    CropConfig,
+    GradingAugmentConfig,
+    GradingStageConfig,
+    GridConfig,
+    LandmarkAugmentConfig,
+    LandmarkStageConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    merge_stage,
+)
 
 __all__ = ["STAGES", "CropConfig", "GradingAugmentConfig", "GradingStageConfig", "GridConfig", "LandmarkAugmentConfig",
            "LandmarkStageConfig", "ModelConfig", "OptimConfig", "TrainConfig", "load_config"]

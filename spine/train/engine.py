@@ -26,11 +26,17 @@ from torch.utils.data.distributed import DistributedSampler
 from spine.errors import SpineError
 from spine.procs import WorkerInit
 from spine.progress import progress as show_progress
-from spine.run_folder import CONFIG_YAML, METRICS_JSON, OOF_CSV, RUN_JSON, TEST_CSV
+from spine.run_folder import CHECKPOINT, CONFIG_YAML, METRICS_JSON, MODEL_JSON, OOF_CSV, RUN_JSON, TEST_CSV
 from spine.train import checkpoint as ckpt
-from spine.train.runtime import (Runtime, gather_objects, rng_state, seed_everything, set_rng_state,
-                                 sum_over_processes, to_channels_last)
-
+from spine.train.runtime import (
+    Runtime,
+    gather_objects,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    sum_over_processes,
+    to_channels_last,
+)
 
 
 class EMA:
@@ -248,7 +254,7 @@ def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:
 
     folder = Path(folder)
     done = (folder / ckpt.FINAL).is_file() and (folder / METRICS_JSON).is_file()
-    started = (folder / ckpt.CHECKPOINT).is_file()
+    started = (folder / CHECKPOINT).is_file()
     if (done or started) and not (cfg.resume or cfg.overwrite):
         raise FileExistsError(f"{folder} holds a {'finished' if done else 'started'} run: pass resume=true to "
                               "continue it or overwrite=true to start over")
@@ -299,7 +305,7 @@ def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:
         _say(rt, f"[train] fold {fold}: resuming after epoch {last + 1} of {cfg.epochs}")
     if rt.is_main:
         (folder / CONFIG_YAML).write_text(to_yaml(dataclasses.replace(cfg, fold=str(fold))))
-        ckpt.save_json({"name": cfg.model.name, "kwargs": model_kwargs}, folder / ckpt.MODEL_JSON)
+        ckpt.save_json({"name": cfg.model.name, "kwargs": model_kwargs}, folder / MODEL_JSON)
         ckpt.save_json({"stage": stage.name, "fold": fold, "cache_id": stage.cache.cache_id,
                         "cache_root": str(stage.cache.root), "n_train": len(train_ds), "n_val": len(val_ds),
                         "n_test": len(test_ds) if test_ds is not None else 0, "world_size": rt.world_size,

@@ -25,16 +25,23 @@ import numpy as np
 import pandas as pd
 
 from spine.cache import FOLDS_CSV
-from spine.run_folder import CALIBRATION_JSON, OOF_CSV, PRIORS_JSON, SUBMISSION_CSV, TEST_CSV
 from spine.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, PROB_COLUMNS, row_id
 from spine.data.crops import level_centres
-from spine.data.grading import (CONDITION_SWAP, GradingDataset, WeightedEpochSampler, label_table, landmark_errors,
-                                point_table, study_weights)
+from spine.data.grading import (
+    CONDITION_SWAP,
+    GradingDataset,
+    WeightedEpochSampler,
+    label_table,
+    landmark_errors,
+    point_table,
+    study_weights,
+)
+from spine.data.inputs import grading_input
 from spine.data.landmarks import studies_with_series
 from spine.data.transforms import IntensityAugment
-from spine.data.inputs import grading_input
 from spine.errors import TrainingDataError
 from spine.io.tables import read_train_labels
+from spine.run_folder import CALIBRATION_JSON, OOF_CSV, PRIORS_JSON, SUBMISSION_CSV, TEST_CSV
 from spine.train.stage import Stage
 
 log = logging.getLogger(__name__)

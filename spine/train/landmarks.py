@@ -23,10 +23,10 @@ from spine.cache import COORDINATES_CSV, FOLDS_CSV, UNRESOLVED_CSV
 from spine.constants import CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS
 from spine.data.landmarks import LandmarkDataset, point_names, studies_with_series
 from spine.data.transforms import IntensityAugment, RandomGridAffine
-from spine.losses import landmark_loss
-from spine.models.decode import LandmarkDecoder
 from spine.errors import TrainingDataError
 from spine.evaluate import landmark_metrics, truth_frame
+from spine.losses import landmark_loss
+from spine.models.decode import LandmarkDecoder
 from spine.train.stage import Stage
 
 log = logging.getLogger(__name__)
