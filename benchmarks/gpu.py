@@ -358,7 +358,7 @@ def run_torchrun(tiny_cache: Path, out: Path, tiny: bool, budget: Budget, skip: 
 
 # ----------------------------------------------------------------------------------------------- predict
 def run_predict(data: Path, runs: list[Path], out: Path, device, budget: Budget) -> dict:
-    from spine.config import compose
+    from spine.cli import compose
     from spine.predict.config import PredictConfig
     from spine.predict.run import predict
 

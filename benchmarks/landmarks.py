@@ -29,7 +29,7 @@ def ensure_data(data: Path, cache: Path, preset: str = "small", synth: tuple[str
                 preprocess: tuple[str, ...] = ()) -> None:
     """Generate the synthetic ``preset`` into ``data`` and preprocess it into ``cache``, each only if missing.
     ``synth`` / ``preprocess``: extra overrides (e.g. ``n_train=16``, ``workers=8``)."""
-    from spine.config import compose
+    from spine.cli import compose
 
     if not (data / "train.csv").is_file():
         from spine.synth.config import SynthConfig

@@ -42,7 +42,7 @@ SAGITTAL_VIEW = np.column_stack([(1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0
 
 
 def _generate(out: Path, studies: int) -> None:
-    from spine.config import compose
+    from spine.cli import compose
     from spine.synth.config import SynthConfig
     from spine.synth.generate import generate
 
@@ -125,7 +125,7 @@ def main() -> None:
 
     import pydicom
 
-    from spine.config import compose
+    from spine.cli import compose
     from spine.io.dicom import read_series
     from spine.preprocess.config import PreprocessConfig
     from spine.preprocess.run import run

@@ -45,7 +45,7 @@ def train(args: list[str]) -> float:
 
 
 def ensure_data(data: Path, cache: Path, n_train: int, n_test: int) -> None:
-    from spine.config import compose
+    from spine.cli import compose
 
     if not (data / "train.csv").is_file():
         from spine.synth.config import SynthConfig

@@ -124,7 +124,7 @@ def plan_frames(n_studies: int, seed: int = 0, preset: str = "realistic",
     on them (half the studies give the mean offsets, the other half are judged; exact label points)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from spine.config import compose
+    from spine.cli import compose
     from spine.synth.config import SynthConfig
     from spine.synth.generate import study_jobs
 
@@ -280,7 +280,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def generate_small(out: Path, n_studies: int, seed: int) -> Path:
-    from spine.config import compose
+    from spine.cli import compose
     from spine.synth.config import SynthConfig
     from spine.synth.generate import generate
 

@@ -1,7 +1,7 @@
 """The ``device`` key of spine-train, spine-predict and spine-doctor: one check, made when the config is composed.
 
 ``auto`` (CUDA when this machine has it, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. A device that
-is not one of these, or that this machine does not have, is a `spine.config.ConfigError` (one line, exit code 2)
+is not one of these, or that this machine does not have, is a `spine.cli.ConfigError` (one line, exit code 2)
 before any data is read, instead of torch's RuntimeError in the middle of a run. Torch is imported only to ask
 about a CUDA or MPS device, so composing a CPU config stays fast.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from spine.config import ConfigError
+from spine.cli import ConfigError
 
 if TYPE_CHECKING:
     import torch

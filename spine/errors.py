@@ -6,7 +6,7 @@ names the file (or the key) and says why and what to do:
 ==========================  ===========================================  ============  =========================
 boundary                    error type                                   exit code     raised by
 ==========================  ===========================================  ============  =========================
-the command line            `spine.config.ConfigError`                   2 (input)     spine.config (schemas),
+the command line            `spine.cli.ConfigError`                   2 (input)     spine.cli (schemas),
                                                                                        spine.device
 the competition CSVs        `spine.io.tables.TableError`                 2 (input)     spine.io.tables
 the preprocessing cache     `spine.cache.CacheError`          1 (failure)   spine.cache

@@ -1,5 +1,5 @@
 """Logging for the command lines: one stderr handler, ``[command] message`` (``warning:`` / ``error:`` before
-messages at those levels), set up once by :func:`spine.config.compose_or_exit`.
+messages at those levels), set up once by :func:`spine.cli.compose_or_exit`.
 
 Library modules only ever call ``logging.getLogger(__name__)``; a program embedding spine keeps its own
 logging setup (nothing is configured on import). Records still propagate to the root logger, which has no

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from spine.config import require_length, require_pairs, require_range
+from spine.cli import require_length, require_pairs, require_range
 from spine.constants import CONDITIONS, SERIES_TYPES
 
 __all__ = ["STAGES", "CropConfig", "GradingAugmentConfig", "GradingStageConfig", "GridConfig", "LandmarkAugmentConfig",

@@ -29,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from spine.cache import CACHE_JSON as CACHE_INFO
 from spine.calibrate import Calibration
-from spine.config import _first_line
+from spine.cli import _first_line
 from spine.constants import LABEL_COLUMNS, PROB_COLUMNS
 from spine.errors import SpineError, one_line
 from spine.run_config import STAGES, TrainConfig, merge_stage

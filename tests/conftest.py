@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spine.config import compose
+from spine.cli import compose
 from spine.synth.config import SynthConfig
 
 

@@ -105,7 +105,7 @@ def test_cuda_without_cuda_is_refused(command, tmp_path, capsys):
 
 
 def test_the_one_device_check():
-    from spine.config import ConfigError
+    from spine.cli import ConfigError
     from spine.device import check_device, resolve_device
 
     assert check_device("auto") == "auto" and check_device("cpu") == "cpu"
@@ -139,7 +139,7 @@ def test_synth_refuses_sizes_and_rates_that_make_no_sense(overrides, key, tmp_pa
 
 
 def test_the_shipped_presets_pass_the_checks():
-    from spine.config import compose, config_groups
+    from spine.cli import compose, config_groups
     from spine.synth.config import SynthConfig
     from spine.train.config import load_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from spine.config import ConfigError, compose, to_yaml
+from spine.cli import ConfigError, compose, to_yaml
 from spine.constants import GROUPS
 from spine.synth.config import SynthConfig
 
@@ -78,7 +78,7 @@ def test_every_command_explains_itself(module, argv, group, key, what, flag, cap
 
 
 def test_help_lines_come_from_the_schema_comments():
-    from spine.config import field_help, schema_keys
+    from spine.cli import field_help, schema_keys
     from spine.preprocess.config import PreprocessConfig
     from spine.train.config import TrainConfig
 
@@ -172,3 +172,25 @@ def test_run_config_with_view_lists_still_loads(tmp_path):
     new = load_config(["stage=grading", "experiment=rsna"])
     (tmp_path / "config.yaml").write_text(to_yaml(new))  # what spine-train writes now reads back the same
     assert ViewSet.from_config(load_run_config(tmp_path).stage.views) == ViewSet.from_config(new.stage.views)
+
+
+def test_a_users_own_experiment_is_found_in_configs_without_editing_the_package(tmp_path, monkeypatch):
+    """./configs/<command>/ (or $SPINE_CONFIGS/<command>/) is searched too: a new experiment file there is an
+    option of its group, in the help as well; a file with the name of one of the package's is refused."""
+    from spine.cli import ConfigError, config_groups
+    from spine.train.config import load_config
+
+    folder = tmp_path / "configs" / "train" / "experiment"
+    folder.mkdir(parents=True)
+    (folder / "my_run.yaml").write_text("# @package _global_\nepochs: 3\nstage:\n  sigma_mm: 7.5\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(["stage=landmarks", "experiment=my_run"])
+    assert cfg.epochs == 3 and cfg.stage.sigma_mm == 7.5
+    assert "my_run" in config_groups("train")["experiment"][0]
+    monkeypatch.setenv("SPINE_CONFIGS", str(tmp_path / "elsewhere"))  # another root: not found there
+    with pytest.raises(ConfigError, match="my_run"):
+        load_config(["stage=landmarks", "experiment=my_run"])
+    monkeypatch.delenv("SPINE_CONFIGS")
+    (folder / "smoke.yaml").write_text("# @package _global_\nepochs: 9\n")  # the package has experiment/smoke.yaml
+    with pytest.raises(ConfigError, match="smoke.yaml has the name of spine's own"):
+        load_config(["stage=landmarks", "experiment=my_run"])

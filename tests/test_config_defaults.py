@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from spine.config import CONFIG_DIR, ConfigError
+from spine.cli import CONFIG_DIR, ConfigError
 
 IDENTITY = {"stage": "name", "model": "name", "preset": "preset", "experiment": "experiment"}
 
@@ -153,13 +153,13 @@ def test_yaml_restates_no_default(path):
 
 def test_the_check_finds_a_restated_default(tmp_path, monkeypatch):
     """The rule itself: a primary config and a stage option that restate a default are caught."""
-    import spine.config
+    import spine.cli
 
     (tmp_path / "predict").mkdir(parents=True)
     (tmp_path / "predict" / "predict.yaml").write_text("amp: bf16\nbatch_size: 7\n")
     (tmp_path / "train" / "stage").mkdir(parents=True)
     (tmp_path / "train" / "stage" / "landmarks.yaml").write_text("name: landmarks\nsigma_mm: 8.0\ndecode: local\n")
-    monkeypatch.setattr(spine.config, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(spine.cli, "CONFIG_DIR", tmp_path)
     monkeypatch.setitem(globals(), "CONFIG_DIR", tmp_path)
     assert restated_keys(tmp_path / "predict" / "predict.yaml") == ["amp"]
     assert restated_keys(tmp_path / "train" / "stage" / "landmarks.yaml") == ["sigma_mm"]

@@ -277,7 +277,7 @@ def test_predict_and_report_say_a_damaged_config_yaml_in_one_line(tiny_runs, tin
 def test_a_damaged_priors_json_costs_only_the_priors(tiny_runs, tmp_path, caplog):
     import torch
 
-    from spine.predict.runs import load_run
+    from spine.predict.run_folders import load_run
 
     _, grading = _copy_runs(tiny_runs, tmp_path)
     (grading / "priors.json").write_text("{")

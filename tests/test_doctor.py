@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from spine.cache import Cache
-from spine.config import compose
+from spine.cli import compose
 from spine.doctor.config import DoctorConfig
 from spine.doctor.result import Context
 
@@ -310,7 +310,7 @@ def test_learn_on_the_grading_stage(tiny_cache_dir, tmp_path, one_thread):
 
 
 def test_learn_trains_the_config_of_a_run_folder(tiny_cache_dir, tmp_path, one_thread):
-    from spine.config import to_yaml
+    from spine.cli import to_yaml
     from spine.doctor.learn import check_learn
     from spine.doctor.run import run_check
     from spine.train.config import load_config

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import spine
-from spine.config import compose
+from spine.cli import compose
 from spine.kaggle import wheels as W
 from spine.kaggle.__main__ import main
 from spine.kaggle.build import build, select_files

@@ -258,7 +258,7 @@ def test_console_script_and_module_entry_point():
 def test_volumes_of_cached_studies_load_here_and_the_others_in_workers(tiny_dataset, tmp_path):
     """A cache holding only the training studies: those come memory-mapped from it, the test studies are built
     from DICOM by the worker pool, and every study is yielded once, in order, with all its series."""
-    from spine.config import compose
+    from spine.cli import compose
     from spine.predict import read_listing
     from spine.predict.volumes import iterate_volumes
     from spine.preprocess.config import PreprocessConfig

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from spine.cache import CACHE_VERSION, LPS_TO_RAS, SERIES_COLUMNS, Cache, parse_triple, record_path, stack_path
-from spine.config import compose
+from spine.cli import compose
 from spine.constants import condition_from_name, level_from_name
 from spine.data.grid import SamplingGrid
 from spine.data.volume import SeriesVolume

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 
 from spine.cache import Cache, record_path, remove_partials, stack_path
-from spine.config import compose
+from spine.cli import compose
 from spine.constants import LABEL_COLUMNS
 from spine.preprocess import pool
 from spine.preprocess.__main__ import main

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spine.config import ConfigError, compose
+from spine.cli import ConfigError, compose
 from spine.preprocess.config import PreprocessConfig
 from spine.preprocess.lock import CacheBusyError, writer_lock
 from spine.preprocess.run import run, shard_jobs

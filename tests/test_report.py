@@ -22,7 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _cfg(run, **overrides):
-    from spine.config import compose
+    from spine.cli import compose
     from spine.report.config import ReportConfig
 
     return compose("report", [f"run={run}", *[f"{k}={v}" for k, v in overrides.items()]], ReportConfig)

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from spine.cache import UNRESOLVED_CSV, Cache
-from spine.config import compose
+from spine.cli import compose
 from spine.constants import LABEL_COLUMNS, canonical_condition, canonical_level
 from spine.preprocess.lock import writer_lock
 

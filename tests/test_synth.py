@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from conftest import make_synth
 
 from spine.baselines import class_prior_submission
-from spine.config import compose
+from spine.cli import compose
 from spine.constants import (
     CONDITION_NAMES,
     CONDITION_SERIES,

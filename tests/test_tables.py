@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from spine.cache import Cache
-from spine.config import compose
+from spine.cli import compose
 from spine.constants import LABEL_COLUMNS, PROB_COLUMNS, SERIES_TYPES, canonical_description, study_row_ids
 from spine.io.tables import TableError, read_coordinates, read_listing, read_train_labels
 from spine.preprocess.config import PreprocessConfig

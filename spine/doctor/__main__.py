@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from spine.config import compose_or_code
+from spine.cli import compose_or_code
 from spine.doctor.config import DoctorConfig
 from spine.doctor.registry import help_text
 from spine.errors import command

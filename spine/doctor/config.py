@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from spine.config import require_range
+from spine.cli import require_range
 from spine.device import check_device
 from spine.doctor.registry import check_names
 

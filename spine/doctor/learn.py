@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from spine.config import ConfigError
+from spine.cli import ConfigError
 from spine.doctor.registry import check
 from spine.doctor.result import FAIL, PASS, WARN, CheckResult
 from spine.run_folder import OOF_CSV

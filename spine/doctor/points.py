@@ -231,18 +231,68 @@ def check_left_right(ctx) -> CheckResult:
     "slice sampled from the cache through them (swapped x/y, labels on the wrong image)"))
 def check_label_positions(ctx) -> CheckResult:
     """World positions re-derived from the cache's instance geometry (every point) and the DICOM (a sample),
-    voxels against world positions and instances, and the PNGs of the drawn studies."""
-    from spine.preprocess.volume import InstanceGeometry
-
+    voxels against world positions and instances, the label defects set aside at preprocessing, and the PNGs of
+    the drawn studies."""
     cfg, cache = ctx.cfg, ctx.cache
     coords = cache.coordinates
     if coords.empty:
         return CheckResult("label_positions", FAIL, "no label points in coordinates.csv (was the train split "
                            "preprocessed?)")
-    details: list[str] = []
-    notes: list[str] = []
     keys = sorted({(int(a), int(b)) for a, b in zip(coords.study_id, coords.series_id)})
-    records, stacks, volumes = {}, {}, {}
+    records, stacks, volumes, notes = _cached_geometry(cache, keys)
+    by_record = position_errors(coords, records)
+    voxels = voxel_errors(coords, stacks)
+    drawn = _drawn_series(coords, cache, ctx.rng(1), cfg.image_studies)
+    dicom, dicom_tables = _dicom_geometry(ctx, keys, drawn, notes)
+    in_sample = coords[[(int(a), int(b)) in dicom_tables for a, b in zip(coords.study_id, coords.series_id)]]
+    by_dicom = position_errors(in_sample, dicom_tables)
+
+    tol = cfg.world_tol_mm
+    bad_record = by_record[(by_record.error_mm > tol) | (by_record.problem != "")]
+    bad_dicom = by_dicom[(by_dicom.error_mm > tol) | (by_dicom.problem != "")]
+    bad_voxel = voxels[(voxels.problem != "") | (voxels.error_mm > tol) | (voxels.slice_error > 0.5)]
+    details = _bad_point_lines(bad_record, bad_dicom, bad_voxel)
+    unresolved, defects = _unresolved(cache.root)
+    if unresolved:
+        notes.append(f"{unresolved} label coordinate(s) without a position in the cache "
+                     f"(coordinates_unresolved.csv)")
+    for r in defects.head(_MAX_LISTED).itertuples():
+        details.append(f"line {r.line} of train_label_coordinates.csv (study {r.study_id} series {r.series_id} "
+                       f"instance {r.instance_number}): {r.reason}")
+    figures = _point_figures(ctx, coords, drawn, dicom, volumes, notes)
+
+    n_bad = len(set(bad_record.index) | set(bad_dicom.index) | set(bad_voxel.index))
+    status = FAIL if n_bad or len(defects) else (WARN if notes else PASS)
+    worst_mm = float(np.nanmax(np.concatenate([by_record.error_mm.to_numpy(), by_dicom.error_mm.to_numpy(),
+                                               [0.0]])))
+    n_dicom_studies = len({k[0] for k in dicom_tables})
+    if n_bad:
+        summary = (f"{n_bad} of {len(coords)} label points disagree with their DICOM pixel or voxel "
+                   f"(tolerance {tol:g} mm): {len(bad_record)} by the cache record, {len(bad_dicom)} by the DICOM "
+                   f"of {n_dicom_studies} studies, {len(bad_voxel)} by the cached voxel")
+    elif len(defects):
+        summary = (f"{len(defects)} label point(s) that cannot be placed (an ambiguous InstanceNumber, off the "
+                   f"image, an unknown condition or level), listed in {UNRESOLVED_CSV}")
+    else:
+        summary = (f"{len(coords)} label points: world position re-derived from the DICOM pixel within {tol:g} mm "
+                   f"(max {worst_mm:.3f} mm; {len(by_dicom)} from the DICOM files of {n_dicom_studies} studies), "
+                   f"cached voxels on their instances; {len(figures)} PNGs")
+        if notes:
+            summary += f"; {len(notes)} note(s)"
+    numbers = {"points": len(coords), "bad_points": n_bad, "max_error_mm": worst_mm,
+               "record_bad": len(bad_record), "dicom_checked": len(by_dicom), "dicom_bad": len(bad_dicom),
+               "dicom_studies": sorted({k[0] for k in dicom_tables}), "voxel_bad": len(bad_voxel),
+               "unresolved": unresolved, "label_defects": len(defects), "notes": notes,
+               "bad": pd.concat([bad_record.assign(source="record"), bad_dicom.assign(source="dicom")])}
+    return CheckResult("label_positions", status, summary, details + notes, numbers, figures)
+
+
+def _cached_geometry(cache, keys: list[tuple[int, int]]) -> tuple[dict, dict, dict, list[str]]:
+    """(instance geometry per series from the cache's records, the cached stacks, the volumes, notes on series
+    that could not be loaded) of the labelled series ``keys`` (study, series)."""
+    from spine.preprocess.volume import InstanceGeometry
+
+    records, stacks, volumes, notes = {}, {}, {}, []
     for key in keys:
         try:
             record = cache.record(*key)
@@ -251,43 +301,45 @@ def check_label_positions(ctx) -> CheckResult:
             volumes[key], stacks[key] = volume, volume.stacks
         except Exception as err:  # noqa: BLE001 - one bad series is reported, never the end of the check
             notes.append(f"series {key[0]}/{key[1]}: {type(err).__name__}: {err}")
-    by_record = position_errors(coords, records)
-    voxels = voxel_errors(coords, stacks)
+    return records, stacks, volumes, notes
 
-    # DICOM: the drawn studies and dicom_studies random ones
+
+def _dicom_geometry(ctx, keys: list[tuple[int, int]], drawn: list[tuple[int, int]], notes: list[str]
+                    ) -> tuple[dict, dict]:
+    """(the DICOM series read, their instance geometry) of the drawn studies and ``dicom_studies`` random ones;
+    what cannot be read is a note."""
+    cfg, cache = ctx.cfg, ctx.cache
     studies = sorted({k[0] for k in keys})
-    drawn = _drawn_series(coords, cache, ctx.rng(1), cfg.image_studies)
     rng = ctx.rng(2)
     sample = set(int(s) for s in rng.choice(studies, size=min(cfg.dicom_studies, len(studies)), replace=False)) \
         if studies else set()
     sample |= {study for study, _ in drawn}
-    dicom, dicom_tables = {}, {}
+    dicom, tables = {}, {}
     if ctx.data_dir is None:
         notes.append("no DICOM to re-derive from: data_dir "
                      f"{cfg.data_dir or cache.info.get('data_dir', '') or '(none recorded)'} is not a folder")
-    else:
-        from spine.io.dicom import read_series
-        from spine.preprocess.volume import instance_geometry
+        return dicom, tables
+    from spine.io.dicom import read_series
+    from spine.preprocess.volume import instance_geometry
 
-        for key in keys:
-            if key[0] not in sample:
-                continue
-            folder = ctx.series_dir(*key)
-            if folder is None:
-                notes.append(f"series {key[0]}/{key[1]}: no DICOM folder under {ctx.data_dir}")
-                continue
-            try:
-                dicom[key] = read_series(folder)
-                dicom_tables[key] = instance_geometry(dicom[key])
-            except Exception as err:  # noqa: BLE001
-                notes.append(f"series {key[0]}/{key[1]}: DICOM not readable: {type(err).__name__}: {err}")
-    in_sample = coords[[(int(a), int(b)) in dicom_tables for a, b in zip(coords.study_id, coords.series_id)]]
-    by_dicom = position_errors(in_sample, dicom_tables)
+    for key in keys:
+        if key[0] not in sample:
+            continue
+        folder = ctx.series_dir(*key)
+        if folder is None:
+            notes.append(f"series {key[0]}/{key[1]}: no DICOM folder under {ctx.data_dir}")
+            continue
+        try:
+            dicom[key] = read_series(folder)
+            tables[key] = instance_geometry(dicom[key])
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"series {key[0]}/{key[1]}: DICOM not readable: {type(err).__name__}: {err}")
+    return dicom, tables
 
-    tol = cfg.world_tol_mm
-    bad_record = by_record[(by_record.error_mm > tol) | (by_record.problem != "")]
-    bad_dicom = by_dicom[(by_dicom.error_mm > tol) | (by_dicom.problem != "")]
-    bad_voxel = voxels[(voxels.problem != "") | (voxels.error_mm > tol) | (voxels.slice_error > 0.5)]
+
+def _bad_point_lines(bad_record: pd.DataFrame, bad_dicom: pd.DataFrame, bad_voxel: pd.DataFrame) -> list[str]:
+    """One detail line per point that disagrees (at most `_MAX_LISTED` of each kind, then a count)."""
+    details = []
     for what, frame in (("cache record", bad_record), ("DICOM", bad_dicom)):
         for r in frame.head(_MAX_LISTED).itertuples():
             why = r.problem or f"re-derived world position {r.error_mm:.2f} mm from the cache's"
@@ -298,14 +350,12 @@ def check_label_positions(ctx) -> CheckResult:
     for r in bad_voxel.head(_MAX_LISTED).itertuples():
         why = r.problem or f"voxel {r.error_mm:.2f} mm in-plane, {r.slice_error:.2f} slices from the world position"
         details.append(f"study {r.study_id} series {r.series_id} instance {r.instance_number} (cached voxel): {why}")
+    return details
 
-    unresolved, defects = _unresolved(cache.root)
-    if unresolved:
-        notes.append(f"{unresolved} label coordinate(s) without a position in the cache "
-                     f"(coordinates_unresolved.csv)")
-    for r in defects.head(_MAX_LISTED).itertuples():
-        details.append(f"line {r.line} of train_label_coordinates.csv (study {r.study_id} series {r.series_id} "
-                       f"instance {r.instance_number}): {r.reason}")
+
+def _point_figures(ctx, coords: pd.DataFrame, drawn: list[tuple[int, int]], dicom: dict, volumes: dict,
+                   notes: list[str]) -> list[str]:
+    """The PNGs of the drawn series (points on the DICOM slice beside the cache's), their paths."""
     figures = []
     for study, series in drawn:
         key = (study, series)
@@ -319,31 +369,7 @@ def check_label_positions(ctx) -> CheckResult:
             figures.append(str(path))
         except Exception as err:  # noqa: BLE001
             notes.append(f"figure of series {study}/{series} failed: {type(err).__name__}: {err}")
-
-    n_bad = len(set(bad_record.index) | set(bad_dicom.index) | set(bad_voxel.index))
-    status = FAIL if n_bad or len(defects) else (WARN if notes else PASS)
-    worst_mm = float(np.nanmax(np.concatenate([by_record.error_mm.to_numpy(), by_dicom.error_mm.to_numpy(),
-                                               [0.0]])))
-    if n_bad:
-        summary = (f"{n_bad} of {len(coords)} label points disagree with their DICOM pixel or voxel "
-                   f"(tolerance {tol:g} mm): {len(bad_record)} by the cache record, {len(bad_dicom)} by the DICOM "
-                   f"of {len({k[0] for k in dicom_tables})} studies, {len(bad_voxel)} by the cached voxel")
-    elif len(defects):
-        summary = (f"{len(defects)} label point(s) that cannot be placed (an ambiguous InstanceNumber, off the "
-                   f"image, an unknown condition or level), listed in {UNRESOLVED_CSV}")
-    else:
-        summary = (f"{len(coords)} label points: world position re-derived from the DICOM pixel within {tol:g} mm "
-                   f"(max {worst_mm:.3f} mm; {len(by_dicom)} from the DICOM files of "
-                   f"{len({k[0] for k in dicom_tables})} studies), cached voxels on their instances; "
-                   f"{len(figures)} PNGs")
-        if notes:
-            summary += f"; {len(notes)} note(s)"
-    numbers = {"points": len(coords), "bad_points": n_bad, "max_error_mm": worst_mm,
-               "record_bad": len(bad_record), "dicom_checked": len(by_dicom), "dicom_bad": len(bad_dicom),
-               "dicom_studies": sorted({k[0] for k in dicom_tables}), "voxel_bad": len(bad_voxel),
-               "unresolved": unresolved, "label_defects": len(defects), "notes": notes,
-               "bad": pd.concat([bad_record.assign(source="record"), bad_dicom.assign(source="dicom")])}
-    return CheckResult("label_positions", status, summary, details + notes, numbers, figures)
+    return figures
 
 
 def _unresolved(root: Path) -> tuple[int, pd.DataFrame]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from spine.config import compose_or_exit
+from spine.cli import compose_or_exit
 from spine.errors import command
 
 PROG = "spine-kaggle"  # the console script; python -m spine.kaggle is the same command

@@ -19,7 +19,7 @@ from spine.constants import CONDITIONS, PROB_COLUMNS
 from spine.data.grading import CONDITION_SWAP
 from spine.data.volume import SeriesVolume
 from spine.losses import grading_probabilities
-from spine.predict.runs import Run
+from spine.predict.run_folders import Run
 
 __all__ = ["RunFailed", "grade"]
 

@@ -20,7 +20,7 @@ from spine.data.landmarks import point_names, prepare_volume, sample_channels, s
 from spine.data.transforms import GridAffine
 from spine.data.volume import SeriesVolume
 from spine.models.decode import LandmarkDecoder
-from spine.predict.runs import Run
+from spine.predict.run_folders import Run
 
 __all__ = ["run_points"]
 

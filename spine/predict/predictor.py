@@ -32,7 +32,7 @@ from spine.data.crops import fill_centres, level_centres
 from spine.models.decode import LandmarkDecoder
 from spine.predict.grading import RunFailed, grade
 from spine.predict.landmarks import run_points
-from spine.predict.runs import Run, load_run, resolve_device
+from spine.predict.run_folders import Run, load_run, resolve_device
 from spine.predict.study import Issue, PredictError, StudyInfo, finalise, first_lines, study_frame
 from spine.predict.volumes import load_volumes, open_cache
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine.config import ConfigError
+from spine.cli import ConfigError
 from spine.constants import PROB_COLUMNS
 from spine.predict.listing import read_listing_notes, row_order, unlisted_series
 from spine.predict.predictor import Predictor

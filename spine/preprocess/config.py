@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spine.config import require_range
+from spine.cli import require_range
 from spine.data.defaults import DEFAULT_MAX_GAP_FACTOR, DEFAULT_MIN_SLICES
 
 SPLITS = ("train", "test", "all")

@@ -23,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-from spine.config import compose_or_code
+from spine.cli import compose_or_code
 from spine.errors import command
 from spine.report.config import ReportConfig
 

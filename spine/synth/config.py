@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from spine.config import require_pairs, require_range
+from spine.cli import require_pairs, require_range
 
 
 @dataclass

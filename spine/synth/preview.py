@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from spine.config import compose_or_exit
+from spine.cli import compose_or_exit
 from spine.constants import LEVEL_NAMES
 
 COLOURS = {"Spinal Canal Stenosis": "yellow", "Left Neural Foraminal Narrowing": "lime",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from spine.config import config_groups, show_help
+from spine.cli import config_groups, show_help
 from spine.errors import command
 from spine.logs import configure as configure_logging
 from spine.train.config import STAGES, TrainConfig, load_config

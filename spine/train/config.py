@@ -11,7 +11,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from spine.config import ConfigError, _first_line, compose
+from spine.cli import ConfigError, _first_line, compose
 from spine.device import check_device
 from spine.run_config import (
     STAGES,
@@ -34,7 +34,7 @@ __all__ = ["STAGES", "CropConfig", "GradingAugmentConfig", "GradingStageConfig",
 def load_config(overrides: list[str]) -> TrainConfig:
     """Compose ``configs/train`` with Hydra overrides and validate it, stage node included.
 
-    Raises :class:`spine.config.ConfigError` with a one-line message, also for a ``device`` this machine does
+    Raises :class:`spine.cli.ConfigError` with a one-line message, also for a ``device`` this machine does
     not have (:func:`spine.device.check_device`: checked here, not in the schema, because a run folder's
     ``config.yaml`` is read back on other machines).
     """

@@ -249,43 +249,15 @@ def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:
     Folder afterwards: config.yaml, run.json, model.json, model.safetensors, checkpoint.pt + last*.safetensors,
     metrics.csv, tb/, val_epochNNN.png, oof.csv, test.csv, metrics.json.
     """
-    from spine.config import to_yaml
-    from spine.models import create_model
-
     folder = Path(folder)
-    done = (folder / ckpt.FINAL).is_file() and (folder / METRICS_JSON).is_file()
-    started = (folder / CHECKPOINT).is_file()
-    if (done or started) and not (cfg.resume or cfg.overwrite):
-        raise FileExistsError(f"{folder} holds a {'finished' if done else 'started'} run: pass resume=true to "
-                              "continue it or overwrite=true to start over")
-    if cfg.resume and done:
-        _say(rt, f"[train] fold {fold}: already finished in {folder}")
-        return json.loads((folder / METRICS_JSON).read_text())
-    if cfg.overwrite and not cfg.resume and rt.is_main and folder.exists():
-        shutil.rmtree(folder)
-    rt.barrier()
-    folder.mkdir(parents=True, exist_ok=True)
+    finished, started = _open_folder(cfg, fold, folder, rt)
+    if finished is not None:
+        return finished
 
     # ---- data, model, optimisation
     seed_everything(cfg.seed + fold)
     train_ds, val_ds, test_ds = stage.datasets(fold)
-    stage_kwargs = stage.model_kwargs()
-    clash = sorted(set(stage_kwargs) & set(cfg.model.args))
-    if clash:
-        raise ValueError(f"model.args {clash} are set by the stage from the data; remove them")
-    model_kwargs = {**stage_kwargs, **cfg.model.args}
-    model = create_model(cfg.model.name, weights=cfg.model.weights, **model_kwargs).to(rt.device)
-    if rt.channels_last:
-        to_channels_last(model)
-    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    train_model = model
-    if rt.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda"
-                                              else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)  # after DDP wrapping, as PyTorch recommends
+    model, train_model, ema, model_kwargs = _make_model(cfg, stage, rt)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
     sampler = EpochSampler(stage.train_sampler(train_ds, rt.rank, rt.world_size)
@@ -304,13 +276,7 @@ def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:
         start = last + 1
         _say(rt, f"[train] fold {fold}: resuming after epoch {last + 1} of {cfg.epochs}")
     if rt.is_main:
-        (folder / CONFIG_YAML).write_text(to_yaml(dataclasses.replace(cfg, fold=str(fold))))
-        ckpt.save_json({"name": cfg.model.name, "kwargs": model_kwargs}, folder / MODEL_JSON)
-        ckpt.save_json({"stage": stage.name, "fold": fold, "cache_id": stage.cache.cache_id,
-                        "cache_root": str(stage.cache.root), "n_train": len(train_ds), "n_val": len(val_ds),
-                        "n_test": len(test_ds) if test_ds is not None else 0, "world_size": rt.world_size,
-                        "backend": rt.backend, "device": str(rt.device), "amp": str(rt.amp_dtype), "torch": torch.__version__,
-                        "parameters": sum(p.numel() for p in model.parameters())}, folder / RUN_JSON)
+        _write_run_files(cfg, stage, fold, folder, model, model_kwargs, (train_ds, val_ds, test_ds), rt)
     log = None
     if rt.is_main:
         from spine.train.log import MetricsLog
@@ -349,6 +315,74 @@ def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:
     if predictions is None:  # resumed after the last epoch's checkpoint: predict again
         predictions, _ = validate(eval_model, val_loader, stage, rt)
         metrics = stage.evaluate(predictions) if rt.is_main else {}
+    _finish(cfg, stage, fold, folder, eval_model, predictions, metrics, test_ds, rt)
+    if log is not None:
+        log.close()
+    rt.barrier()
+    return metrics
+
+
+def _open_folder(cfg, fold: int, folder: Path, rt: Runtime) -> tuple[dict | None, bool]:
+    """(the metrics of a fold already finished there and ``resume`` set, else None; whether a run was started
+    there). A started or finished fold in the way without ``resume`` or ``overwrite`` is a FileExistsError;
+    ``overwrite`` clears it. The folder exists afterwards."""
+    done = (folder / ckpt.FINAL).is_file() and (folder / METRICS_JSON).is_file()
+    started = (folder / CHECKPOINT).is_file()
+    if (done or started) and not (cfg.resume or cfg.overwrite):
+        raise FileExistsError(f"{folder} holds a {'finished' if done else 'started'} run: pass resume=true to "
+                              "continue it or overwrite=true to start over")
+    if cfg.resume and done:
+        _say(rt, f"[train] fold {fold}: already finished in {folder}")
+        return json.loads((folder / METRICS_JSON).read_text()), started
+    if cfg.overwrite and not cfg.resume and rt.is_main and folder.exists():
+        shutil.rmtree(folder)
+    rt.barrier()
+    folder.mkdir(parents=True, exist_ok=True)
+    return None, started
+
+
+def _make_model(cfg, stage, rt: Runtime):
+    """(the model on the device, the module the steps call (DDP-wrapped, compiled), its EMA or None, the
+    constructor keywords: the stage's, then model.args)."""
+    from spine.models import create_model
+
+    stage_kwargs = stage.model_kwargs()
+    clash = sorted(set(stage_kwargs) & set(cfg.model.args))
+    if clash:
+        raise ValueError(f"model.args {clash} are set by the stage from the data; remove them")
+    model_kwargs = {**stage_kwargs, **cfg.model.args}
+    model = create_model(cfg.model.name, weights=cfg.model.weights, **model_kwargs).to(rt.device)
+    if rt.channels_last:
+        to_channels_last(model)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    train_model = model
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda"
+                                              else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)  # after DDP wrapping, as PyTorch recommends
+    return model, train_model, ema, model_kwargs
+
+
+def _write_run_files(cfg, stage, fold: int, folder: Path, model, model_kwargs: dict, datasets, rt: Runtime) -> None:
+    """config.yaml (the fold's), model.json (name and constructor keywords) and run.json (data sizes, device)."""
+    from spine.cli import to_yaml
+
+    train_ds, val_ds, test_ds = datasets
+    (folder / CONFIG_YAML).write_text(to_yaml(dataclasses.replace(cfg, fold=str(fold))))
+    ckpt.save_json({"name": cfg.model.name, "kwargs": model_kwargs}, folder / MODEL_JSON)
+    ckpt.save_json({"stage": stage.name, "fold": fold, "cache_id": stage.cache.cache_id,
+                    "cache_root": str(stage.cache.root), "n_train": len(train_ds), "n_val": len(val_ds),
+                    "n_test": len(test_ds) if test_ds is not None else 0, "world_size": rt.world_size,
+                    "backend": rt.backend, "device": str(rt.device), "amp": str(rt.amp_dtype), "torch": torch.__version__,
+                    "parameters": sum(p.numel() for p in model.parameters())}, folder / RUN_JSON)
+
+
+def _finish(cfg, stage, fold: int, folder: Path, eval_model, predictions, metrics: dict, test_ds, rt: Runtime) -> None:
+    """The fold's test predictions (``predict_test``), then oof.csv, test.csv, the final weights and metrics.json
+    (main process)."""
     test_predictions = None
     if cfg.predict_test and test_ds is not None and len(test_ds):
         test_loader = _loader(test_ds, cfg.batch_size, _Shard(len(test_ds), rt.rank, rt.world_size), 0, rt)
@@ -359,9 +393,6 @@ def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:
             test_predictions.assign(fold=fold).to_csv(folder / TEST_CSV, index=False)
         ckpt.save_weights(eval_model, folder / ckpt.FINAL)
         ckpt.save_json(metrics, folder / METRICS_JSON)
-        log.close()
-    rt.barrier()
-    return metrics
 
 
 def _say(rt: Runtime, message: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from spine.cache import FOLDS_CSV
-from spine.config import ConfigError, to_yaml
+from spine.cli import ConfigError, to_yaml
 from spine.run_folder import CACHE_JSON, CONFIG_YAML, METRICS_JSON, OOF_CSV, TEST_CSV, fold_dirs
 from spine.train import checkpoint as ckpt
 from spine.train.engine import fit

@@ -30,6 +30,7 @@ from spine.errors import InputError
 from spine.logs import configure as configure_logging
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+USER_CONFIG_ENV = "SPINE_CONFIGS"  # a folder of the user's own configs; default ./configs (the working directory's)
 HELP_FLAGS = ("-h", "--help")
 _BARE = re.compile(r"[\w./${}:-]+")  # a string value that needs no quotes in an override
 
@@ -69,6 +70,7 @@ def _compose_node(command: str, overrides: Sequence[str], schema: type) -> DictC
     from omegaconf.errors import OmegaConfBaseException
 
     config_dir = CONFIG_DIR / command
+    user_dir = user_config_dir(command)
     # Group choices (``preset=tiny``) go to Hydra; values (``seed=3``) are merged onto the typed schema,
     # so every field of the schema can be set even where the YAML does not mention it, and unknown keys
     # or ill-typed values are refused by OmegaConf.
@@ -76,8 +78,9 @@ def _compose_node(command: str, overrides: Sequence[str], schema: type) -> DictC
     values = [o for o in overrides if o not in groups]
     try:
         _check_group_syntax(groups)
+        search = [f"hydra.searchpath=[file://{user_dir}]"] if user_dir is not None else []
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = hydra_compose(config_name=command, overrides=groups)
+            cfg = hydra_compose(config_name=command, overrides=[*search, *groups])
         merged = OmegaConf.merge(OmegaConf.structured(schema), _plain(cfg))
         for item in values:
             merged = _merge_value(merged, item)
@@ -86,6 +89,25 @@ def _compose_node(command: str, overrides: Sequence[str], schema: type) -> DictC
         raise
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise ConfigError(_first_line(err)) from err
+
+
+def user_config_dir(command: str) -> Path | None:
+    """The user's own configs of ``command``: ``<SPINE_CONFIGS or ./configs>/<command>/``, None when there is
+    none. Hydra searches it after the package's folder, so ``spine-train experiment=my_run`` finds
+    ``configs/train/experiment/my_run.yaml`` without editing the package. A file there with the name of one of
+    the package's would never be read: that is refused (ConfigError naming both), not silently shadowed."""
+    import os
+
+    root = Path(os.environ.get(USER_CONFIG_ENV) or Path.cwd() / "configs")
+    folder = root / command
+    if not folder.is_dir():
+        return None
+    package = CONFIG_DIR / command
+    clash = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.yaml") if (package / p.relative_to(folder)).is_file())
+    if clash:
+        raise ConfigError(f"{folder / clash[0]} has the name of spine's own {package / clash[0]}, which Hydra reads "
+                          f"first: give yours another name ({len(clash)} such file(s))")
+    return folder.resolve()
 
 
 def _key(override: str) -> str:
@@ -278,9 +300,14 @@ def config_groups(command: str) -> dict[str, tuple[list[str], str | None]]:
     """``{group: (options, default option)}`` of ``configs/<command>/``: its subfolders and their YAML names."""
     config_dir = CONFIG_DIR / command
     defaults = _default_choices(config_dir / f"{command}.yaml")
+    try:
+        user_dir = user_config_dir(command)
+    except ConfigError:  # a clash is reported when the command composes; the help lists the package's options
+        user_dir = None
     groups = {}
     for folder in sorted(p for p in config_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
-        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        mine = sorted(p.stem for p in (user_dir / folder.name).glob("*.yaml")) if user_dir is not None else []
+        options = sorted({p.stem for p in folder.glob("*.yaml")} | set(mine))
         if options:
             groups[folder.name] = (options, defaults.get(folder.name))
     return groups
