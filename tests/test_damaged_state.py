@@ -12,13 +12,8 @@ asserts what a user sees: the exit code, the one line on stderr, the rows writte
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -284,74 +279,3 @@ def test_a_damaged_priors_json_costs_only_the_priors(tiny_runs, tmp_path, caplog
     run = load_run(grading, torch.device("cpu"))
     assert run.priors is None and run.calibration is not None
     assert any(f"damaged run-folder file {grading / 'priors.json'}" in r.getMessage() for r in caplog.records)
-
-
-# ------------------------------------------------------------------- 5. DataLoader workers die with the command
-LOADER_SCRIPT = """
-import os, sys, time
-from types import SimpleNamespace
-import torch
-from spine.train.engine import _loader
-
-class Slow:
-    def __len__(self):
-        return 64
-    def __getitem__(self, index):
-        time.sleep(0.01)
-        return torch.zeros(1)
-
-loader = _loader(Slow(), 1, None, 2, SimpleNamespace(device=torch.device("cpu")))
-batches = iter(loader)
-next(batches), next(batches)  # both workers have started (and run their worker_init_fn)
-print(" ".join(str(w.pid) for w in batches._workers), flush=True)
-time.sleep(600)
-"""
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return state not in ("Z", "X")
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_dataloader_workers_end_when_training_is_killed(tmp_path):
-    script = tmp_path / "loader.py"
-    script.write_text(LOADER_SCRIPT)
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    workers: list[int] = []
-    try:
-        workers = [int(pid) for pid in parent.stdout.readline().split()]
-        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(timeout=30)
-        deadline = time.monotonic() + 2  # torch's own watchdog would take about 5 s
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not [pid for pid in workers if _alive(pid)], "DataLoader workers outlived the killed command"
-    finally:
-        parent.kill()
-        parent.wait()
-        for pid in workers:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
-def test_worker_init_keeps_the_parent_pid_chains_the_loaders_own_and_pickles():
-    """Spawned workers (macOS) receive it pickled; it is built in the main process, so it holds that pid."""
-    import pickle
-
-    from spine.procs import WorkerInit
-
-    init = pickle.loads(pickle.dumps(WorkerInit(json.dumps, parent=12345)))
-    assert init.parent == 12345 and init.then is json.dumps
-    assert WorkerInit().parent == os.getpid()

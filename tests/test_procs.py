@@ -165,3 +165,59 @@ def test_preprocess_logs_progress_lines_not_bar_frames(tiny_dataset, tmp_path, c
     assert "\r" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("preprocess: ")]
     assert 1 <= len(lines) <= 10 and "(100%)" in lines[-1]
+
+
+# ------------------------------------------------------------------- 5. DataLoader workers die with the command
+DATALOADER_SCRIPT = """
+import os, sys, time
+from types import SimpleNamespace
+import torch
+from spine.train.engine import _loader
+
+class Slow:
+    def __len__(self):
+        return 64
+    def __getitem__(self, index):
+        time.sleep(0.01)
+        return torch.zeros(1)
+
+loader = _loader(Slow(), 1, None, 2, SimpleNamespace(device=torch.device("cpu")))
+batches = iter(loader)
+next(batches), next(batches)  # both workers have started (and run their worker_init_fn)
+print(" ".join(str(w.pid) for w in batches._workers), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_dataloader_workers_end_when_training_is_killed(tmp_path):
+    script = tmp_path / "loader.py"
+    script.write_text(DATALOADER_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 2  # torch's own watchdog would take about 5 s
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if _alive(pid)], "DataLoader workers outlived the killed command"
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_worker_init_keeps_the_parent_pid_chains_the_loaders_own_and_pickles():
+    """Spawned workers (macOS) receive it pickled; it is built in the main process, so it holds that pid."""
+    import pickle
+
+    from spine.procs import WorkerInit
+
+    init = pickle.loads(pickle.dumps(WorkerInit(os.getcwd, parent=12345)))
+    assert init.parent == 12345 and init.then is os.getcwd
+    assert WorkerInit().parent == os.getpid()

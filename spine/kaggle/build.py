@@ -235,41 +235,15 @@ def build(cfg: BuildConfig) -> BuildResult:
 
     # 3. their wheels
     t = time.perf_counter()
-    # wheels=download fetches the compiled distributions for Kaggle's Python and platform; pure-Python ones are
-    # the same files everywhere and are repacked (some, like antlr4-python3-runtime 4.9.3, exist only as sdists)
-    download = {n: d for n, d in resolution.bundle.items() if cfg.wheels == "download" and not W.is_pure(d)}
-    repack = [n for n in resolution.bundle if n not in download]
-    with ThreadPoolExecutor(cfg.threads) as pool:
-        # the largest first, so that the threads finish together
-        order = sorted(repack, key=lambda n: -_installed_size(resolution.bundle[n]))
-        by_name = dict(zip(order, pool.map(lambda n: W.repack_installed(n, code), order), strict=True))
-    if download:
-        reqs = [f"{d.metadata['Name']}=={d.version}" for d in download.values()]
-        _log(f"pip download for Python {cfg.python_version}: {', '.join(reqs)}")
-        for path in W.download_wheels(reqs, code, cfg.python_version, cfg.platforms):
-            by_name[W.parse_wheel_name(path.name)[0]] = path
-        missing = sorted(set(download) - set(by_name))
-        if missing:
-            raise BuildError(f"pip download gave no wheel for {missing}")
+    by_name, download = _dependency_wheels(cfg, resolution, code, warnings)
     wheel_files = [by_name[n] for n in resolution.bundle]
-    here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    bad = [p.name for p in wheel_files if not W.compatible_with(W.parse_wheel_name(p.name)[2], cfg.python_version)]
-    if bad:
-        warnings.append(f"Python {cfg.python_version} (python_version, Kaggle's) cannot install these wheels "
-                        f"repacked from Python {here}: {', '.join(bad)}; use wheels=download "
-                        f"python_version={cfg.python_version}, or build from a Python {cfg.python_version} env")
     timings["wheels_s"] = time.perf_counter() - t
     _write_json(code / "dataset-metadata.json", dataset_metadata(
         cfg.user, cfg.code_dataset, cfg.license, "spine wheel + the wheels of its dependencies Kaggle lacks"))
 
     # 4. the weights
     t = time.perf_counter()
-    weights.mkdir()
-    run_entries = copy_runs(runs, weights, cfg.include, cfg.exclude)
-    (weights / RUNS_TXT).write_text("".join(f"{run.name}\n" for run in runs))
-    _write_json(weights / "manifest.json", {"runs": run_entries})
-    _write_json(weights / "dataset-metadata.json", dataset_metadata(
-        cfg.user, cfg.weights_dataset, cfg.license, "spine run folders: configs and weights for spine-predict"))
+    _weights_dataset(cfg, runs, weights)
     timings["weights_s"] = time.perf_counter() - t
 
     # 5. notebook, kernel metadata, README, build.json
@@ -312,6 +286,46 @@ def build(cfg: BuildConfig) -> BuildResult:
          f"next: {out / 'README.md'}")
     return BuildResult(out=out, project_wheel=project_wheel, wheels=wheel_files, runs=[r.name for r in runs],
                        warnings=warnings, timings=timings)
+
+
+def _dependency_wheels(cfg: BuildConfig, resolution, code: Path, warnings: list[str]) -> tuple[dict[str, Path], dict]:
+    """(distribution name -> its wheel in ``code``, the distributions downloaded): pure-Python ones and, with
+    ``wheels=repack``, all of them repacked from this environment; with ``wheels=download`` the compiled ones
+    fetched for Kaggle's Python and platform. Wheels this Python made that Kaggle's cannot install are a warning."""
+    # wheels=download fetches the compiled distributions for Kaggle's Python and platform; pure-Python ones are
+    # the same files everywhere and are repacked (some, like antlr4-python3-runtime 4.9.3, exist only as sdists)
+    download = {n: d for n, d in resolution.bundle.items() if cfg.wheels == "download" and not W.is_pure(d)}
+    repack = [n for n in resolution.bundle if n not in download]
+    with ThreadPoolExecutor(cfg.threads) as pool:
+        # the largest first, so that the threads finish together
+        order = sorted(repack, key=lambda n: -_installed_size(resolution.bundle[n]))
+        by_name = dict(zip(order, pool.map(lambda n: W.repack_installed(n, code), order), strict=True))
+    if download:
+        reqs = [f"{d.metadata['Name']}=={d.version}" for d in download.values()]
+        _log(f"pip download for Python {cfg.python_version}: {', '.join(reqs)}")
+        for path in W.download_wheels(reqs, code, cfg.python_version, cfg.platforms):
+            by_name[W.parse_wheel_name(path.name)[0]] = path
+        missing = sorted(set(download) - set(by_name))
+        if missing:
+            raise BuildError(f"pip download gave no wheel for {missing}")
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    bad = [by_name[n].name for n in resolution.bundle
+           if not W.compatible_with(W.parse_wheel_name(by_name[n].name)[2], cfg.python_version)]
+    if bad:
+        warnings.append(f"Python {cfg.python_version} (python_version, Kaggle's) cannot install these wheels "
+                        f"repacked from Python {here}: {', '.join(bad)}; use wheels=download "
+                        f"python_version={cfg.python_version}, or build from a Python {cfg.python_version} env")
+    return by_name, download
+
+
+def _weights_dataset(cfg: BuildConfig, runs: list[Path], weights: Path) -> None:
+    """The weights dataset: the run folders' inference files, their names in order, a manifest, the metadata."""
+    weights.mkdir()
+    run_entries = copy_runs(runs, weights, cfg.include, cfg.exclude)
+    (weights / RUNS_TXT).write_text("".join(f"{run.name}\n" for run in runs))
+    _write_json(weights / "manifest.json", {"runs": run_entries})
+    _write_json(weights / "dataset-metadata.json", dataset_metadata(
+        cfg.user, cfg.weights_dataset, cfg.license, "spine run folders: configs and weights for spine-predict"))
 
 
 def _installed_size(dist) -> int:
