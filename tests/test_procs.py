@@ -58,20 +58,28 @@ def _alive(pid: int) -> bool:
 def test_workers_end_when_their_parent_is_killed(module, how, sig, tmp_path):
     script = tmp_path / "pool.py"
     script.write_text(POOL_SCRIPT)
-    parent = subprocess.Popen([sys.executable, str(script), module, how], stdout=subprocess.PIPE, text=True)
+    survivors = _survivors_of_killed_parent([sys.executable, str(script), module, how], sig, within_s=10)
+    assert not survivors, "workers outlived their parent"
+
+
+def _survivors_of_killed_parent(command: list[str], sig: int, within_s: float) -> list[int]:
+    """Start ``command`` (it prints its two workers' pids on one line), send it ``sig``, and return the workers
+    still alive ``within_s`` seconds after it died (those are then killed)."""
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    workers: list[int] = []
     try:
         workers = [int(pid) for pid in parent.stdout.readline().split()]
         assert len(workers) == 2 and all(_alive(pid) for pid in workers)
         parent.send_signal(sig)
         parent.wait(timeout=30)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + within_s
         while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in workers if _alive(pid)], "workers outlived their parent"
+            time.sleep(0.05)
+        return [pid for pid in workers if _alive(pid)]
     finally:
         parent.kill()
         parent.wait()
-        for pid in workers if "workers" in locals() else []:
+        for pid in workers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
@@ -193,23 +201,9 @@ time.sleep(600)
 def test_dataloader_workers_end_when_training_is_killed(tmp_path):
     script = tmp_path / "loader.py"
     script.write_text(DATALOADER_SCRIPT)
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    workers: list[int] = []
-    try:
-        workers = [int(pid) for pid in parent.stdout.readline().split()]
-        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(timeout=30)
-        deadline = time.monotonic() + 2  # torch's own watchdog would take about 5 s
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not [pid for pid in workers if _alive(pid)], "DataLoader workers outlived the killed command"
-    finally:
-        parent.kill()
-        parent.wait()
-        for pid in workers:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    # within 2 s: torch's own watchdog would take about 5 s
+    survivors = _survivors_of_killed_parent([sys.executable, str(script)], signal.SIGKILL, within_s=2)
+    assert not survivors, "DataLoader workers outlived the killed command"
 
 
 def test_worker_init_keeps_the_parent_pid_chains_the_loaders_own_and_pickles():
