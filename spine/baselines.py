@@ -40,7 +40,10 @@ def uniform_submission(study_ids: Iterable[object]) -> pd.DataFrame:
     return _submission(study_ids, np.full((len(LABEL_COLUMNS), len(PROB_COLUMNS)), 1.0 / len(PROB_COLUMNS)))
 
 
-def class_priors(train_labels: pd.DataFrame, smoothing: float = 1.0, weighted: bool = True) -> np.ndarray:
+SMOOTHING = 1.0  # Laplace smoothing of the class counts: the one default of the functions and the command line
+
+
+def class_priors(train_labels: pd.DataFrame, smoothing: float = SMOOTHING, weighted: bool = True) -> np.ndarray:
     """(25, 3) grade priors per train.csv label column, NaN labels ignored, Laplace-smoothed.
 
     ``weighted=False``: frequencies ``p = (count + smoothing) / (n + 3 * smoothing)``.
@@ -62,7 +65,7 @@ def class_priors(train_labels: pd.DataFrame, smoothing: float = 1.0, weighted: b
 
 
 def class_prior_submission(train_labels: pd.DataFrame, study_ids: Iterable[object],
-                           smoothing: float = 1.0, weighted: bool = True) -> pd.DataFrame:
+                           smoothing: float = SMOOTHING, weighted: bool = True) -> pd.DataFrame:
     """Submission predicting, for each study and (condition, level), the training priors (:func:`class_priors`)."""
     return _submission(study_ids, class_priors(train_labels, smoothing, weighted))
 
@@ -73,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="kind", required=True)
     prior = sub.add_parser("prior", help="per-(condition, level) training grade frequencies")
     prior.add_argument("--train", required=True, help="train.csv")
-    prior.add_argument("--smoothing", type=float, default=1.0, help="Laplace smoothing (default 1)")
+    prior.add_argument("--smoothing", type=float, default=SMOOTHING, help=f"Laplace smoothing (default {SMOOTHING:g})")
     prior.add_argument("--frequencies", action="store_true",
                        help="plain grade frequencies instead of the metric-weighted prior")
     uniform = sub.add_parser("uniform", help="1/3 for every grade")
