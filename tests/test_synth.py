@@ -610,3 +610,33 @@ def test_the_oracle_beats_the_label_distributions_on_sampled_labels_in_every_par
     assert mean["oracle"]["score"] < mean["former"]["score"]
     for part in ("foraminal", "subarticular", "any_severe_spinal"):
         assert mean["oracle"][part] < mean["former"][part], (part, mean)
+
+
+# ------------------------------------------------------------------------------------------- tissue truth
+def test_every_series_has_its_tissue_truth_plane_by_plane(tiny_dataset: Path):
+    """tissue/{study}/{series}.npz for every listed series: one plane per DICOM file (by InstanceNumber) of its
+    size; the names in tissue/labels.json; and the truth agrees with the image (on T2, CSF is brighter than
+    muscle in the same files)."""
+    import json
+
+    from spine.synth.anatomy import TISSUE_LABELS
+
+    names = json.loads((tiny_dataset / "tissue" / "labels.json").read_text())
+    assert [names[str(i)] for i in range(len(names))] == list(TISSUE_LABELS)
+    csf, muscle = TISSUE_LABELS.index("csf"), TISSUE_LABELS.index("muscle")
+    for split in ("train", "test"):
+        listing = pd.read_csv(tiny_dataset / f"{split}_series_descriptions.csv")
+        for row in listing.itertuples():
+            truth = np.load(tiny_dataset / "tissue" / str(row.study_id) / f"{row.series_id}.npz")
+            labels, numbers = truth["labels"], truth["instance_number"]
+            folder = tiny_dataset / f"{split}_images" / str(row.study_id) / str(row.series_id)
+            assert sorted(numbers.tolist()) == sorted(int(p.stem) for p in folder.glob("*.dcm"))
+            bright, dark = [], []
+            for plane, number in zip(labels, numbers):
+                pixels = pydicom.dcmread(folder / f"{number}.dcm").pixel_array
+                plane = plane[:pixels.shape[0], :pixels.shape[1]]
+                assert plane.shape == pixels.shape and plane.max() < len(TISSUE_LABELS)
+                bright += pixels[plane == csf].tolist()
+                dark += pixels[plane == muscle].tolist()
+            if row.series_description == "Sagittal T2/STIR" and len(bright) > 50 and len(dark) > 50:
+                assert np.median(bright) > np.median(dark), (row.study_id, row.series_id)

@@ -305,11 +305,12 @@ def _patient_position(rng) -> str:
     return "HFS" if rng.random() > 0.2 else "FFS"
 
 
-def render_slice(spine: Spine, stack: Stack, k: int, sequence: str, look: dict, rng) -> np.ndarray:
-    """(rows, cols) uint16 stored pixel values of slice k: phantom (with wrap-around and motion ghosts if the
-    series has them) x bias field x gain, plus Rician noise."""
+def render_slice(spine: Spine, stack: Stack, k: int, sequence: str, look: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+    """((rows, cols) uint16 stored pixel values of slice k: phantom (with wrap-around and motion ghosts if the
+    series has them) x bias field x gain, plus Rician noise; (rows, cols) uint8 tissue at each pixel centre, an
+    index into `spine.synth.anatomy.TISSUE_LABELS`)."""
     world = stack.pixel_world(k)
-    image = spine.render(world, sequence, look.get("contrast"))
+    image, tissue = spine.render(world, sequence, look.get("contrast"), labels=True)
     phase = stack.row_dir if look.get("phase_axis", 1) == 1 else stack.col_dir
     if look.get("wrap"):  # the body beyond the field of view folds in along the phase-encoding direction
         extent = (stack.cols * stack.pixel_spacing[1] if look.get("phase_axis", 1) == 1
@@ -327,4 +328,4 @@ def render_slice(spine: Spine, stack: Stack, k: int, sequence: str, look: dict, 
     noise = np.float32(look["noise"])
     real = signal + noise * rng.standard_normal(signal.shape, dtype=np.float32)
     noisy = np.hypot(real, noise * rng.standard_normal(signal.shape, dtype=np.float32))
-    return np.clip(np.rint(noisy * look["gain"]), 0, 65535).astype(np.uint16)
+    return np.clip(np.rint(noisy * look["gain"]), 0, 65535).astype(np.uint16), tissue

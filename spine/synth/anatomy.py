@@ -67,6 +67,12 @@ TISSUE_CONTRAST: dict[str, tuple[float, float, float]] = {
     "ligament": (0.28, 0.16, 0.18),  # ligamentum flavum
 }
 SEQUENCES: tuple[str, ...] = ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")
+# The tissue truth (`Spine.render(..., labels=True)`): label id -> name, in the issue's vocabulary where the
+# tissue exists in this phantom (it has one disc tissue, no nucleus / annulus split, and no cauda equina).
+TISSUE_LABELS: tuple[str, ...] = ("background", "csf", "nerve_root", "vertebral_body", "posterior_elements", "disc",
+                                  "epidural_fat", "fat", "muscle", "ligamentum_flavum", "rib")
+_LABEL_OF = {"csf": "csf", "nerve": "nerve_root", "marrow": "vertebral_body", "bone": "posterior_elements",
+             "disc": "disc", "fat": "fat", "muscle": "muscle", "ligament": "ligamentum_flavum"}  # painted tissue
 
 
 @dataclass
@@ -247,9 +253,12 @@ class Spine:
         return self.spine_to_world(np.array([0.0, 0.0, self.labelled_t[level_index]]), nominal=nominal)
 
     # ---- rendering ----------------------------------------------------------------------------------
-    def render(self, world: np.ndarray, sequence: str, contrast: dict[str, float] | None = None) -> np.ndarray:
+    def render(self, world: np.ndarray, sequence: str, contrast: dict[str, float] | None = None,
+               labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Noise-free brightness (about 0..1) at (..., 3) world LPS mm points, for one of ``SEQUENCES``;
-        ``contrast`` overrides the brightness of some tissues (fat suppression, marrow)."""
+        ``contrast`` overrides the brightness of some tissues (fat suppression, marrow). ``labels=True`` also
+        returns the tissue at each point (uint8 index into `TISSUE_LABELS`: the last tissue painted whose
+        signed distance is negative there, the same shapes in the same order as the brightness)."""
         col = SEQUENCES.index(sequence)
         value = {tissue: v[col] for tissue, v in TISSUE_CONTRAST.items()}
         value.update(contrast or {})
@@ -257,29 +266,35 @@ class Spine:
         x, a, t = np.moveaxis(self.world_to_spine(np.asarray(world, dtype=np.float32)), -1, 0)
         edge = EDGE_MM / self.scale
         img = np.zeros_like(x)
+        tissue = np.zeros(x.shape, dtype=np.uint8) if labels else None
         trunk = _ellipse_sdf(x, a + 45.0, 165.0, 125.0)
-        img = _paint(img, trunk, value["fat"], edge)
-        img = _paint(img, trunk + 14.0, value["muscle"], edge)  # muscle inside a 14 mm subcutaneous fat layer
+        img = _paint(img, trunk, value["fat"], edge, tissue, "fat")
+        img = _paint(img, trunk + 14.0, value["muscle"], edge, tissue, "muscle")  # inside 14 mm subcutaneous fat
         # everything else lies in a box around the column: rendered there only
         near = ((np.abs(x) < 55.0) & (a > -40.0) & (a < 82.0) & (t < self.disc_t[0] + 45.0)
                 & (t > self.disc_t[-1] - SACRUM_MM - 10.0))
         if near.any():
-            img[near] = self._render_column(x[near], a[near], t[near], img[near], value, col, edge)
-        return img
+            part = tissue[near] if labels else None
+            img[near] = self._render_column(x[near], a[near], t[near], img[near], value, col, edge, part)
+            if labels:
+                tissue[near] = part
+        return (img, tissue) if labels else img
 
-    def _render_column(self, x, a, t, img, value, col, edge) -> np.ndarray:
+    def _render_column(self, x, a, t, img, value, col, edge, tissue: np.ndarray | None = None) -> np.ndarray:
+        """The column's tissues painted over ``img`` (returned); ``tissue`` (the labels there) updated in place."""
         level = self._nearest_disc(t)
         u = t - self.disc_t[level]  # signed distance from the nearest disc plane, + cranial
         n = {c: v[level] for c, v in self.column_narrowing.items()}
         canal_front, canal_back = self.canal_closure
         lowest = self.disc_t[-1]
 
-        def paint(image, inside_sdf, tissue: str, bright: float | None = None):
-            return _paint(image, inside_sdf, value[tissue] if bright is None else bright, edge)
+        def paint(image, inside_sdf, kind: str, bright: float | None = None, label: str | None = None):
+            return _paint(image, inside_sdf, value[kind] if bright is None else bright, edge, tissue,
+                          label or _LABEL_OF[kind])
 
         img = paint(img, _posterior_elements_sdf(x, a, u), "bone")
         epidural = _ellipse_sdf(x, a - CANAL_A, CANAL_HALF_WIDTH, CANAL_HALF_DEPTH)
-        img = paint(img, epidural, "fat")
+        img = paint(img, epidural, "fat", label="epidural_fat")
         # ligamentum flavum: a thin band behind the sac, thickened at the disc by its share of the narrowing
         bump = np.exp(-((u / 7.0) ** 2) - (x / 10.0) ** 2)
         back = canal_back[level] * bump
@@ -322,7 +337,7 @@ class Spine:
             rib = np.maximum(_ellipse_sdf(np.abs(x) - RIB_X, a - RIB_A, 7.0, 5.0),
                              np.abs(t - self._vertebra_mid[vertebra]) - 7.0)
             rib = np.where(ribbed, rib, 1e3)
-            img = paint(paint(img, rib, "bone"), rib + 1.2, "marrow")  # a cortical rim around marrow
+            img = paint(paint(img, rib, "bone", label="rib"), rib + 1.2, "marrow", label="rib")  # rim, marrow
         return img
 
     def _nearest_disc(self, t: np.ndarray) -> np.ndarray:
@@ -361,7 +376,12 @@ def _posterior_elements_sdf(x, a, u) -> np.ndarray:
     return np.minimum(arch, spinous)
 
 
-def _paint(image: np.ndarray, inside_sdf: np.ndarray, bright: float | np.ndarray, edge: float) -> np.ndarray:
+def _paint(image: np.ndarray, inside_sdf: np.ndarray, bright: float | np.ndarray, edge: float,
+           tissue: np.ndarray | None = None, label: str = "") -> np.ndarray:
+    """``image`` with a shape painted over it (soft edge: partial volume); where ``tissue`` (labels) is given, the
+    points inside the shape (signed distance < 0) become ``label``, in place."""
+    if tissue is not None:
+        tissue[inside_sdf < 0] = TISSUE_LABELS.index(label)
     weight = _soft(inside_sdf, edge)
     return image + weight * (bright - image)
 

@@ -5,6 +5,7 @@ Layout written under ``out_dir`` (see docs/synthetic.md):
     test_series_descriptions.csv, test_images/..., sample_submission.csv
     test_labels.csv (hidden truth, train.csv format), oracle_submission.csv (Bayes-optimal), truth.csv
     dataset.json (how it was made, generator_version), studies.csv (per study: anatomy and acquisition variations)
+    tissue/{study}/{series}.npz (the tissue at every pixel centre of every file), tissue/labels.json (id -> name)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from spine.constants import (
 from spine.procs import worker_pool
 from spine.synth import labels as label_model
 from spine.synth.acquisition import SeriesPlan, plan_axial, plan_sagittal, render_slice
-from spine.synth.anatomy import LABELLED, Spine
+from spine.synth.anatomy import LABELLED, TISSUE_LABELS, Spine
 from spine.synth.config import SynthConfig
 from spine.synth.dicom_writer import SliceTags, write_slice
 
@@ -44,6 +45,7 @@ VENDOR_GAINS = ((350.0, 900.0), (900.0, 2500.0), (2500.0, 6000.0))
 VENDOR_WEIGHTS = (0.35, 0.4, 0.25)
 N_DISCS = 12  # discs modelled per spine: the five labelled ones and seven above them
 SERIES_IDS = 5  # series ids drawn per study (at most five series)
+TISSUE_DIR = "tissue"  # tissue/{study}/{series}.npz and tissue/labels.json: the tissue truth of every series
 OPTIONAL_TAGS = ("SliceThickness", "SliceLocation", "SpacingBetweenSlices", "SeriesDescription", "PatientPosition")
 _MISSING_LEVEL_WEIGHTS = (0.05, 0.05, 0.1, 0.2, 0.6)  # which level a study's missing labels are at
 
@@ -101,6 +103,8 @@ def generate(cfg: SynthConfig) -> Path:
     else:
         results = [_study_job(job) for job in jobs]
     _write_tables(out, results, cfg)
+    (out / TISSUE_DIR).mkdir(exist_ok=True)
+    (out / TISSUE_DIR / "labels.json").write_text(json.dumps(dict(enumerate(TISSUE_LABELS)), indent=1) + "\n")
     _write_card(out, results, cfg, time.perf_counter() - started)
     return out
 
@@ -123,8 +127,10 @@ def make_study(cfg: SynthConfig, study_id: int, series_ids: list[int], split: st
     """Sample one study's anatomy, labels and acquisitions and write its DICOM files."""
     plan = plan_study(cfg, study_id, series_ids, split, rng)
     images_dir = Path(cfg.out_dir) / f"{split}_images" / str(study_id)
+    tissue_dir = Path(cfg.out_dir) / TISSUE_DIR / str(study_id)
     for spec in plan.series:
-        _write_series(images_dir / str(spec.series_id), plan.spine, spec, study_id, rng)
+        _write_series(images_dir / str(spec.series_id), tissue_dir / f"{spec.series_id}.npz", plan.spine, spec,
+                      study_id, rng)
     return StudyResult(study_id, split,
                        [{"study_id": study_id, "series_id": s.series_id, "series_description": s.description}
                         for s in plan.series],
@@ -315,9 +321,12 @@ def _missing_labels(rng: np.random.Generator, rate: float) -> set[tuple[str, str
     return {(CONDITIONS[i], level) for i in picks}
 
 
-def _write_series(folder: Path, spine: Spine, spec: SeriesSpec, study_id: int, rng) -> None:
-    """Render and write every slice of a series as ``{InstanceNumber}.dcm``."""
+def _write_series(folder: Path, tissue_path: Path, spine: Spine, spec: SeriesSpec, study_id: int, rng) -> None:
+    """Render and write every slice of a series as ``{InstanceNumber}.dcm``, and its tissue truth to
+    ``tissue_path`` (``labels`` (n, rows, columns) uint8, plane p the file whose InstanceNumber is
+    ``instance_number[p]``; planes of another matrix size are padded with 255)."""
     plan, drop = spec.plan, spec.drop
+    planes, numbers = [], []
     for stack, k, number in plan.slices():
         ipp = stack.image_position(k)
         location = float(stack.centers[k] @ stack.normal) * (-1 if spec.flip_location else 1)
@@ -332,8 +341,21 @@ def _write_series(folder: Path, spine: Spine, spec: SeriesSpec, study_id: int, r
             patient_position=None if "PatientPosition" in drop else plan.patient_position,
             rescale=spec.rescale, uid_seed=f"{study_id}/{spec.series_id}/{number}",
         )
-        pixels = render_slice(spine, stack, k, plan.description, spec.look, rng)
+        pixels, tissue = render_slice(spine, stack, k, plan.description, spec.look, rng)
         write_slice(folder / f"{number}.dcm", pixels, tags)
+        planes.append(tissue)
+        numbers.append(number)
+    _write_tissue(tissue_path, planes, numbers)
+
+
+def _write_tissue(path: Path, planes: list[np.ndarray], numbers: list[int]) -> None:
+    """One series' tissue truth (see `_write_series`), compressed; byte-identical for the same planes."""
+    rows, cols = max(p.shape[0] for p in planes), max(p.shape[1] for p in planes)
+    labels = np.full((len(planes), rows, cols), 255, dtype=np.uint8)
+    for n, plane in enumerate(planes):
+        labels[n, :plane.shape[0], :plane.shape[1]] = plane
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, labels=labels, instance_number=np.asarray(numbers, dtype=np.int32))
 
 
 def _label_coordinates(spine: Spine, label_series: dict, study_id: int, labels: dict, rng: np.random.Generator,
