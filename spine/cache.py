@@ -83,7 +83,7 @@ def cache_params(min_slices: int, max_gap_factor: float) -> dict:
 
 
 def cache_id(params: dict) -> str:
-    """``stacks-v5-<8 hex digits>``: readable prefix and a hash of `cache_params`."""
+    """``stacks-v<CACHE_VERSION>-<8 hex digits>``: readable prefix and a hash of `cache_params`."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     return f"{CACHE_PREFIX}-v{CACHE_VERSION}-{digest}"
 
@@ -300,7 +300,7 @@ class Cache:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not (self.root / SERIES_CSV).is_file():
-            raise FileNotFoundError(f"{self.root} is not a preprocessing cache (no series.csv)")
+            raise CacheError(f"{self.root} is not a preprocessing cache (no series.csv)")
         self.cache_id = self.root.name
         info = self.root / CACHE_JSON
         try:

@@ -34,11 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from spine.cache import Cache
     from spine.doctor.run import REPORT_JSON, run_doctor
 
-    try:
-        cache = Cache.open(cfg.cache_dir)
-    except FileNotFoundError as err:  # CacheError included
-        print(f"[doctor] error: {err}", file=sys.stderr)
-        return 1
+    cache = Cache.open(cfg.cache_dir)  # no usable cache: CacheError, one line (spine.errors.command)
     results = run_doctor(cfg, cache, echo=lambda line: print(line, flush=True))
     counts = {s: sum(r.status == s for r in results) for s in ("pass", "warn", "fail")}
     print(f"[doctor] {counts['pass']} passed, {counts['warn']} warned, {counts['fail']} failed; report "

@@ -29,12 +29,11 @@ Decisions:
 Speed: each file is read once (header and pixels together), memory-mapped. A classic uncompressed little-endian
 file (what the competition data is) is read by `spine.io.native.parse_native`: the dozen tags the reader needs,
 straight from the bytes, and the pixels as a numpy view of the mapping, copied once when the stack is built
-(pydicom's unused-bit correction applied then, once per stack). (A file truncated by another process while its
-series is being read would end the process with SIGBUS; preprocessing workers that die are retried and
-recorded.)
-everything else (compressed transfer syntaxes, enhanced multi-frame functional groups, anything odd) goes
-through pydicom. Both give the same values, frames and skip reasons (`tests/test_dicom_read.py`, and every file
-of the real-scanner set in `tests/test_dicom_qa.py`).
+(pydicom's unused-bit correction applied then, once per stack); everything else (compressed transfer syntaxes,
+multi-frame files, anything odd) goes through pydicom. Both give the same values, frames and skip reasons
+(`tests/test_dicom_read.py`, and every file of the real-scanner set in `tests/test_dicom_qa.py`). A file
+truncated by another process while its series is being read would end the process with SIGBUS; preprocessing
+workers that die are retried and recorded.
 """
 
 from __future__ import annotations
@@ -168,8 +167,9 @@ def _read_frames(paths: list[Path]) -> tuple[list[_Frame], list[SkippedFile], st
         try:
             data = _contents(path)  # the only read of this file: header and pixels together
             native = parse_native(data)
-            if native is not None and _native_layout(native) is not None:
-                file_frames, frame_skips = _frames_of_native(native, data, str(path))
+            layout = _native_layout(native) if native is not None else None
+            if layout is not None:
+                file_frames, frame_skips = [_frame_of_native(native, layout, data, str(path))], []
                 file_description = native.values.get("SeriesDescription")
             else:
                 ds = pydicom.dcmread(io.BytesIO(data))
@@ -228,53 +228,44 @@ def _frames_of_dataset(ds: Dataset, path: str) -> tuple[list[_Frame], list[Skipp
     return frames, skips
 
 
-def _native_layout(native: NativeFile) -> tuple[np.dtype, int, int, int, int] | None:
-    """(stored type, frames, rows, columns, unused high bits) of a file `spine.io.native` read, when its pixels
-    can be taken as they lie; None sends the file to pydicom (an odd layout, several frames, a pixel data too
-    short for it, an InstanceNumber that is not an integer: pydicom's path judges and words those)."""
+def _native_layout(native: NativeFile) -> tuple[np.dtype, int, int, int] | None:
+    """(stored type, rows, columns, unused high bits) of a single-frame file `spine.io.native` read, when its
+    pixels can be taken as they lie; None sends the file to pydicom (an odd layout, several frames, a pixel data
+    too short for it, an InstanceNumber that is not an integer: pydicom's path judges and words those)."""
     v = native.values
     rows, columns, allocated, stored = (v.get(k) for k in ("Rows", "Columns", "BitsAllocated", "BitsStored"))
-    frames = v.get("NumberOfFrames", 1.0)
     number = v.get("InstanceNumber", 0.0)
     if (not rows or not columns or allocated not in (8, 16, 32) or not stored or stored > allocated
-            or frames != 1.0  # classic multi-frame files (rare) keep pydicom's per-frame reasons
+            or v.get("NumberOfFrames", 1.0) != 1.0  # multi-frame files (rare) keep pydicom's per-frame reasons
             or not isinstance(number, float) or not number.is_integer()):
         return None
     dtype = np.dtype(f"<{'i' if v.get('PixelRepresentation', 0) == 1 else 'u'}{allocated // 8}")
-    if native.pixel_length < int(frames) * rows * columns * dtype.itemsize:
+    if native.pixel_length < rows * columns * dtype.itemsize:
         return None
-    return dtype, int(frames), rows, columns, allocated - stored
+    return dtype, rows, columns, allocated - stored
 
 
-def _frames_of_native(native: NativeFile, data: bytes, path: str) -> tuple[list[_Frame], list[SkippedFile]]:
-    """The frames of a classic uncompressed file from `spine.io.native.parse_native`: the same checks and reasons
-    as `_frames_of_dataset`, its pixels a view of ``data`` (their unused high bits corrected once stacked)."""
+def _frame_of_native(native: NativeFile, layout: tuple, data, path: str) -> _Frame:
+    """The frame of a classic uncompressed file from `spine.io.native.parse_native` and its `_native_layout`: the
+    same checks and reasons as `_frames_of_dataset`, its pixels a view of ``data`` (their unused high bits
+    corrected once stacked)."""
     v = native.values
     if v.get("SamplesPerPixel", 1) not in (0, 1):
         raise _Skip(f"not a grey-level image (SamplesPerPixel={v['SamplesPerPixel']})")
-    dtype, n_frames, rows, columns, unused_bits = _native_layout(native)  # type: ignore[misc]
+    dtype, rows, columns, unused_bits = layout
     ipp, iop, spacing, slope, intercept, thickness = _frame_geometry(lambda group, keyword: v.get(keyword))
-    raw = np.frombuffer(data, dtype=dtype, count=n_frames * rows * columns, offset=native.pixel_offset)
-    raw = raw.astype(dtype.newbyteorder("="), copy=False).reshape(n_frames, rows, columns)
+    raw = np.frombuffer(data, dtype=dtype, count=rows * columns, offset=native.pixel_offset)
+    raw = raw.astype(dtype.newbyteorder("="), copy=False).reshape(rows, columns)
     number = int(v["InstanceNumber"]) if "InstanceNumber" in v else None
-    uid = str(v.get("SeriesInstanceUID", ""))
-    frames = [_Frame(path, index, raw[index], ipp, iop, spacing, slope, intercept, number, thickness, uid,
-                     n_frames > 1, unused_bits) for index in range(n_frames)]
-    return frames, []
+    return _Frame(path, 0, raw, ipp, iop, spacing, slope, intercept, number, thickness,
+                  str(v.get("SeriesInstanceUID", "")), False, unused_bits)
 
 
 def _correct_unused_bits(pixels: np.ndarray, frames: list[_Frame]) -> np.ndarray:
     """Mask (unsigned) or sign-extend (signed) the bits above BitsStored of stacked slices, in place: what pydicom's
     decoder does per file, here in one pass over the stack."""
-    shifts = {f.unused_bits for f in frames}
-    if shifts == {0}:
-        return pixels
-    if len(shifts) == 1:
-        (shift,) = shifts
-        np.left_shift(pixels, shift, out=pixels)
-        return np.right_shift(pixels, shift, out=pixels)  # arithmetic for signed types, logical for unsigned
     for k, frame in enumerate(frames):
-        if frame.unused_bits:
+        if frame.unused_bits:  # right shift: arithmetic for signed types, logical for unsigned
             np.left_shift(pixels[k], frame.unused_bits, out=pixels[k])
             np.right_shift(pixels[k], frame.unused_bits, out=pixels[k])
     return pixels

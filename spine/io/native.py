@@ -56,11 +56,10 @@ class _Unhandled(Exception):
 
 @dataclass(frozen=True)
 class NativeFile:
-    """What `parse_native` found: ``values`` (keyword -> value, the `TAGS` present), ``implicit_vr``, and the
-    pixel data's ``pixel_offset`` and ``pixel_length`` (bytes) in the file."""
+    """What `parse_native` found: ``values`` (keyword -> value, the `TAGS` present), and the pixel data's
+    ``pixel_offset`` and ``pixel_length`` (bytes) in the file."""
 
     values: dict[str, object]
-    implicit_vr: bool
     pixel_offset: int
     pixel_length: int
 
@@ -79,7 +78,7 @@ def parse_native(data: bytes) -> NativeFile | None:
             if tag == _PIXEL_DATA:
                 if length == _UNDEFINED or start + length > len(data):
                     return None  # encapsulated or cut short: pydicom says what it is
-                return NativeFile(values, implicit, start, length)
+                return NativeFile(values, start, length)
             if tag in _FALLBACK_GROUPS:
                 return None
             if tag in TAGS:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spine.errors import InputError
 from spine.models.registry import register_model
 from spine.run_config import GridConfig
 
@@ -76,7 +77,7 @@ def weights_options(pretrained: bool = False, pretrained_file: str | Path | None
     if not pretrained_file:
         return {"pretrained": bool(pretrained)}
     if not Path(pretrained_file).is_file():
-        raise FileNotFoundError(f"pretrained_file {pretrained_file} not found")
+        raise InputError(f"pretrained_file {pretrained_file} not found")
     return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(pretrained_file)}}
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from spine.errors import InputError
+
 _MODELS: dict[str, Callable[..., Any]] = {}
 
 
@@ -94,7 +96,7 @@ def load_weights(model, path: str | Path) -> None:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model weights {path} not found")
+        raise InputError(f"model weights {path} not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

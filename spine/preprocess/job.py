@@ -49,8 +49,9 @@ def process_series(job: Job) -> dict:
     try:
         layout.remove_partials(record_file.parent, job.series_id)
         series = read_series(job.series_dir)
-        record["instances"] = {str(n): g.to_list() for n, g in instance_geometry(series).items()}
-        record["ambiguous_instances"] = {str(n): count for n, count in ambiguous_instances(series).items()}
+        ambiguous = ambiguous_instances(series)
+        record["instances"] = {str(n): g.to_list() for n, g in instance_geometry(series, ambiguous).items()}
+        record["ambiguous_instances"] = {str(n): count for n, count in ambiguous.items()}
         record.update(_stack_fields(series))
         read_done = time.perf_counter()
         try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -329,10 +330,11 @@ class InstanceGeometry:
         return cls(tuple(v[0:3]), tuple(v[3:6]), tuple(v[6:9]), v[9], v[10], *size)  # type: ignore[arg-type]
 
 
-def instance_geometry(series: DicomSeries) -> dict[int, InstanceGeometry]:
+def instance_geometry(series: DicomSeries, ambiguous: Collection[int] | None = None) -> dict[int, InstanceGeometry]:
     """InstanceNumber -> geometry of that instance, for every slice of every stack whose InstanceNumber is not
-    ambiguous (`ambiguous_instances`: a number carried by frames at different positions names no one slice)."""
-    ambiguous = ambiguous_instances(series)
+    ``ambiguous`` (default `ambiguous_instances`: a number carried by frames at different positions names no one
+    slice; pass them when they are already known)."""
+    ambiguous = ambiguous_instances(series) if ambiguous is None else ambiguous
     table: dict[int, InstanceGeometry] = {}
     for stack in sorted(series.stacks, key=lambda s: s.volume_index):
         r, c = stack.direction_lps[:, 0], stack.direction_lps[:, 1]

@@ -22,11 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[synth] preset={cfg.preset} seed={cfg.seed}: {cfg.n_train} train + {cfg.n_test} test studies "
           f"-> {cfg.out_dir}", flush=True)
-    try:
-        out = generate(cfg)
-    except FileExistsError as err:
-        print(f"[synth] {err}", file=sys.stderr)
-        return 2
+    out = generate(cfg)  # an out_dir in the way: one line, exit code 2 (spine.errors.command)
     import json
 
     card = json.loads((out / "dataset.json").read_text())

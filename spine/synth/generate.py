@@ -31,6 +31,7 @@ from spine.constants import (
     label_column,
     study_row_ids,
 )
+from spine.errors import InputError
 from spine.procs import worker_pool
 from spine.synth import labels as label_model
 from spine.synth.acquisition import SeriesPlan, plan_axial, plan_sagittal, render_slice
@@ -416,7 +417,7 @@ def _distinct(rng: np.random.Generator, count: int) -> np.ndarray:
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass overwrite=true to replace it")
+            raise InputError(f"{out} is not empty; pass overwrite=true to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -31,11 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args)
     from spine.train.run import run  # torch and friends only once the config is valid
 
-    try:
-        summary = run(cfg)
-    except (FileExistsError, FileNotFoundError) as err:
-        print(f"[train] error: {err}", file=sys.stderr)
-        return 1
+    summary = run(cfg)  # a cache, run folder or table that cannot be used: one line (spine.errors.command)
     oof = summary.get("oof", {})
     if oof:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in oof.items() if "/" not in k)

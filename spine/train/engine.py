@@ -26,7 +26,16 @@ from torch.utils.data.distributed import DistributedSampler
 from spine.errors import SpineError
 from spine.procs import WorkerInit
 from spine.progress import progress as show_progress
-from spine.run_folder import CHECKPOINT, CONFIG_YAML, METRICS_JSON, MODEL_JSON, OOF_CSV, RUN_JSON, TEST_CSV
+from spine.run_folder import (
+    CHECKPOINT,
+    CONFIG_YAML,
+    METRICS_JSON,
+    MODEL_JSON,
+    OOF_CSV,
+    RUN_JSON,
+    TEST_CSV,
+    RunFolderError,
+)
 from spine.train import checkpoint as ckpt
 from spine.train.runtime import (
     Runtime,
@@ -324,12 +333,12 @@ def fit(cfg, stage, fold: int, folder: Path, rt: Runtime) -> dict:
 
 def _open_folder(cfg, fold: int, folder: Path, rt: Runtime) -> tuple[dict | None, bool]:
     """(the metrics of a fold already finished there and ``resume`` set, else None; whether a run was started
-    there). A started or finished fold in the way without ``resume`` or ``overwrite`` is a FileExistsError;
+    there). A started or finished fold in the way without ``resume`` or ``overwrite`` is a RunFolderError;
     ``overwrite`` clears it. The folder exists afterwards."""
     done = (folder / ckpt.FINAL).is_file() and (folder / METRICS_JSON).is_file()
     started = (folder / CHECKPOINT).is_file()
     if (done or started) and not (cfg.resume or cfg.overwrite):
-        raise FileExistsError(f"{folder} holds a {'finished' if done else 'started'} run: pass resume=true to "
+        raise RunFolderError(f"{folder} holds a {'finished' if done else 'started'} run: pass resume=true to "
                               "continue it or overwrite=true to start over")
     if cfg.resume and done:
         _say(rt, f"[train] fold {fold}: already finished in {folder}")

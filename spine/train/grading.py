@@ -40,8 +40,8 @@ from spine.data.inputs import grading_input
 from spine.data.landmarks import studies_with_series
 from spine.data.transforms import IntensityAugment
 from spine.errors import TrainingDataError
-from spine.io.tables import read_train_labels
-from spine.run_folder import CALIBRATION_JSON, OOF_CSV, PRIORS_JSON, SUBMISSION_CSV, TEST_CSV
+from spine.io.tables import TableError, read_train_labels
+from spine.run_folder import CALIBRATION_JSON, OOF_CSV, PRIORS_JSON, SUBMISSION_CSV, TEST_CSV, RunFolderError
 from spine.train.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class GradingStage(Stage):
         # the model declares what it reads (spine.data.inputs): per-level crops or per-condition views
         self.reader = grading_input(cfg.model.name, self.scfg)
         if self.landmark_run is not None and not (self.landmark_run / OOF_CSV).is_file():
-            raise FileNotFoundError(f"landmarks={cfg.landmarks}: no oof.csv there (train the landmark stage "
+            raise RunFolderError(f"landmarks={cfg.landmarks}: no oof.csv there (train the landmark stage "
                                     "with fold=all first, or leave landmarks empty to crop at the label points)")
 
     # ---- tables
@@ -69,7 +69,7 @@ class GradingStage(Stage):
         raises TableError for unknown grades, missing label columns or a study in several differing rows."""
         path = Path(self.scfg.labels) if self.scfg.labels else Path(self.cache.info.get("data_dir", "")) / "train.csv"
         if not path.is_file():
-            raise FileNotFoundError(f"grading labels {path} not found: set stage.labels=<train.csv>")
+            raise TableError(f"grading labels {path} not found: set stage.labels=<train.csv>")
         return read_train_labels(path)
 
     def _predicted_points(self, name: str) -> pd.DataFrame | None:
