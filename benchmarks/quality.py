@@ -1,9 +1,11 @@
 """Quality benchmark: the two-stage pipeline (landmarks -> grading) on enough synthetic studies to trust.
 
-    .venv/bin/python benchmarks/quality.py [--n-train 400] [--n-test 200] [--fold all|0]
+    .venv/bin/python benchmarks/quality.py [--n-train 400] [--n-test 200] [--generator 3] [--fold all|0]
                                            [--models views,25d,3d] [--landmarks RUN] [override ...]
 
-Makes the dataset (``spine.synth`` preset=small, ``--n-train`` training and ``--n-test`` held-out test studies)
+Makes the dataset (``spine.synth`` preset=small, seed 1, generator ``--generator`` (3: MR physics; 2: the previous
+one: the same studies, labels and points, other images), ``--n-train`` training and ``--n-test`` held-out test
+studies)
 and the cache if they are missing, trains the landmark stage (``experiment=bench_cpu``, every fold, or reuses
 ``--landmarks``), then for each model of ``--models`` the grading stage with ``experiment=grading_cpu`` and
 that model's overrides (:data:`MODELS`; extra overrides go to every spine-train call). ``--fold 0`` is the quick
@@ -44,16 +46,17 @@ def train(args: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def ensure_data(data: Path, cache: Path, n_train: int, n_test: int) -> None:
+def ensure_data(data: Path, cache: Path, n_train: int, n_test: int, version: int) -> None:
     from spine.cli import compose
 
     if not (data / "train.csv").is_file():
         from spine.synth.config import SynthConfig
         from spine.synth.generate import generate
 
-        print(f"[bench] generating {n_train} + {n_test} studies (preset small, seed 1) into {data}", flush=True)
+        print(f"[bench] generating {n_train} + {n_test} studies (preset small, seed 1, generator {version}) into "
+              f"{data}", flush=True)
         generate(compose("synth", ["preset=small", "seed=1", f"n_train={n_train}", f"n_test={n_test}",
-                                   f"out_dir={data}"], SynthConfig))
+                                   f"version={version}", f"out_dir={data}"], SynthConfig))
     if not any(cache.glob("*/series.csv")):
         from spine.preprocess.config import PreprocessConfig
         from spine.preprocess.run import run
@@ -130,7 +133,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-train", type=int, default=400)
     parser.add_argument("--n-test", type=int, default=200)
-    parser.add_argument("--data", type=Path, default=None, help="default bench_data/q<n-train + n-test>")
+    parser.add_argument("--generator", type=int, default=3, choices=(2, 3), help="the synthetic generator's version")
+    parser.add_argument("--data", type=Path, default=None, help="default bench_data/q<n-train + n-test>_v<generator>")
     parser.add_argument("--cache", type=Path, default=None, help="default <data>_cache")
     parser.add_argument("--runs", type=Path, default=Path("bench_runs/quality"))
     parser.add_argument("--landmarks", type=Path, default=None, help="an existing landmark run (fold=all)")
@@ -140,7 +144,7 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--score-only", action="store_true", help="score the existing runs, no training")
     args, overrides = parser.parse_known_args()
-    data = args.data or Path(f"bench_data/q{args.n_train + args.n_test}")
+    data = args.data or Path(f"bench_data/q{args.n_train + args.n_test}_v{args.generator}")
     cache_dir = args.cache or Path(f"{data}_cache")
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
@@ -149,7 +153,7 @@ def main() -> int:
 
     from spine.cache import Cache
 
-    ensure_data(data, cache_dir, args.n_train, args.n_test)
+    ensure_data(data, cache_dir, args.n_train, args.n_test, args.generator)
     cache = Cache.open(cache_dir)
     timings: dict[str, float] = {}
     landmarks = args.landmarks or args.runs / "landmarks"

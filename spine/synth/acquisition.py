@@ -305,23 +305,40 @@ def _patient_position(rng) -> str:
     return "HFS" if rng.random() > 0.2 else "FFS"
 
 
-def render_slice(spine: Spine, stack: Stack, k: int, sequence: str, look: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+def render_slice(spine: Spine, stack: Stack, k: int, plan: SeriesPlan, look: dict,
+                 rng) -> tuple[np.ndarray, np.ndarray]:
     """((rows, cols) uint16 stored pixel values of slice k: phantom (with wrap-around and motion ghosts if the
     series has them) x bias field x gain, plus Rician noise; (rows, cols) uint8 tissue at each pixel centre, an
-    index into `spine.synth.anatomy.TISSUE_LABELS`)."""
+    index into the spine's `tissue_labels`).
+
+    Version 3 (``look['sequence']``, an `mr.Sequence`): the slice profile is integrated (the mean of three planes
+    at -T/3, 0, +T/3 of the slice thickness T, a box profile by the midpoint rule, for the column's tissues; one
+    plane below 2.5 mm), the pixel by a soft boundary one pixel wide, and k-space is truncated to the acquired share of the matrix
+    (``look['acquired']``: phase, readout), which blurs and rings at the edges as a real reconstruction does
+    (Gibbs), before the bias field and the noise."""
     world = stack.pixel_world(k)
-    image, tissue = spine.render(world, sequence, look.get("contrast"), labels=True)
+    sequence = look.get("sequence")
+    if sequence is None:
+        image, tissue = spine.render(world, plan.description, look.get("contrast"), labels=True)
+    else:
+        thickness = plan.slice_thickness
+        offsets = (-thickness / 3, 0.0, thickness / 3) if thickness >= 2.5 else (0.0,)
+        image, tissue = spine.render(world, sequence, labels=True, edge_mm=min(stack.pixel_spacing) / 2.2,
+                                     profile=(stack.normal, offsets))
     phase = stack.row_dir if look.get("phase_axis", 1) == 1 else stack.col_dir
     if look.get("wrap"):  # the body beyond the field of view folds in along the phase-encoding direction
         extent = (stack.cols * stack.pixel_spacing[1] if look.get("phase_axis", 1) == 1
                   else stack.rows * stack.pixel_spacing[0])
         for sign in (-1.0, 1.0):
-            image = image + spine.render(world + sign * extent * phase, sequence, look.get("contrast"))
+            image = image + spine.render(world + sign * extent * phase, sequence or plan.description,
+                                         look.get("contrast"))
     if look.get("ghost"):  # motion: faint copies shifted along the phase-encoding direction
         amplitude, fraction = look["ghost"]
         axis = look.get("phase_axis", 1)
         shift = max(1, int(round(image.shape[axis] * fraction)))
         image = image + amplitude * 0.5 * (np.roll(image, shift, axis) + np.roll(image, -shift, axis))
+    if sequence is not None:
+        image = truncate_kspace(image, look["acquired"], look.get("phase_axis", 1))
     rel = (world - stack.centers[k].astype(np.float32)) / np.float32(150.0)  # about -1..1 over the field of view
     bias = np.exp(rel @ look["bias"].astype(np.float32))  # smooth multiplicative coil sensitivity
     signal = image * bias
@@ -329,3 +346,18 @@ def render_slice(spine: Spine, stack: Stack, k: int, sequence: str, look: dict, 
     real = signal + noise * rng.standard_normal(signal.shape, dtype=np.float32)
     noisy = np.hypot(real, noise * rng.standard_normal(signal.shape, dtype=np.float32))
     return np.clip(np.rint(noisy * look["gain"]), 0, 65535).astype(np.uint16), tissue
+
+
+def truncate_kspace(image: np.ndarray, acquired: tuple[float, float], phase_axis: int) -> np.ndarray:
+    """The image reconstructed from the central share of its k-space: ``acquired`` = (phase, readout) shares of
+    the matrix, the phase-encoding direction along ``phase_axis`` (1: columns, 0: rows); zero-filled, no
+    apodisation, so sharp edges ring (Gibbs). Real-valued (the magnitude comes with the noise)."""
+    from scipy import fft
+
+    spectrum = fft.rfft2(image)  # the columns' axis holds the non-negative frequencies only
+    rows, cols = image.shape
+    share = (acquired[0], acquired[1]) if phase_axis == 0 else (acquired[1], acquired[0])
+    keep_rows = np.abs(fft.fftfreq(rows)) * rows <= share[0] * rows / 2
+    keep_cols = fft.rfftfreq(cols) * cols <= share[1] * cols / 2
+    spectrum *= keep_rows[:, None] & keep_cols[None, :]
+    return fft.irfft2(spectrum, s=image.shape).astype(np.float32)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spine.constants import CONDITIONS, LEVELS
+from spine.synth import mr
 
 # Dimensions of the average study, mm, before the study's scale.
 BODY_HALF_WIDTH, BODY_HALF_DEPTH = 22.0, 16.0  # vertebral body cross-section (x, a)
@@ -71,8 +72,18 @@ SEQUENCES: tuple[str, ...] = ("Sagittal T1", "Sagittal T2/STIR", "Axial T2")
 # tissue exists in this phantom (it has one disc tissue, no nucleus / annulus split, and no cauda equina).
 TISSUE_LABELS: tuple[str, ...] = ("background", "csf", "nerve_root", "vertebral_body", "posterior_elements", "disc",
                                   "epidural_fat", "fat", "muscle", "ligamentum_flavum", "rib")
+# Generator version 3 (MR physics, refined anatomy): the issue's names, plus the ribs, the conus medullaris and the
+# abdominal contents in front of the psoas.
+TISSUE_LABELS_V3: tuple[str, ...] = (
+    "background", "csf", "cauda_equina", "nerve_root", "vertebral_body", "cortical_bone", "posterior_elements",
+    "disc_nucleus", "disc_annulus", "epidural_fat", "fat", "muscle", "ligamentum_flavum", "rib", "spinal_cord",
+    "viscera")
+# painted kind -> label name, per version
 _LABEL_OF = {"csf": "csf", "nerve": "nerve_root", "marrow": "vertebral_body", "bone": "posterior_elements",
-             "disc": "disc", "fat": "fat", "muscle": "muscle", "ligament": "ligamentum_flavum"}  # painted tissue
+             "disc": "disc", "fat": "fat", "muscle": "muscle", "ligament": "ligamentum_flavum"}
+_LABEL_OF_V3 = {**_LABEL_OF, "disc": "disc_annulus", "nucleus": "disc_nucleus", "cortical": "cortical_bone",
+                "cauda": "cauda_equina", "viscera": "viscera", "cord": "spinal_cord"}
+N_CAUDA_ROOTS = 10  # roots of the cauda equina drawn in the thecal sac (version 3)
 
 
 @dataclass
@@ -96,7 +107,17 @@ class Spine:
         facet_share: (2, D) share of the (left, right) recess narrowing due to facet hypertrophy; the rest is
             lateral ligamentum flavum.
         sacral_disc: height (mm) of a rudimentary S1/S2 disc remnant; 0 for none.
-        marrow: brightness factor of the vertebral marrow (fatty or not).
+        marrow: brightness factor of the vertebral marrow (fatty or not; version 2).
+        version: 2 (shapes with one brightness per tissue, `TISSUE_CONTRAST`) or 3 (MR physics: `render` takes a
+            `spine.synth.mr.Sequence`; cortical rims, nucleus and annulus, cauda equina, traversing roots, psoas
+            and paraspinal muscles, marrow texture).
+        marrow_fat: version 3: mean fat fraction of the vertebral marrow.
+        marrow_waves: version 3: (W, 5) rows (kx, ka, kt, phase, amplitude) of the marrow's fat-fraction texture,
+            cycles per mm in spine coordinates.
+        degeneration: version 3: (D,) nucleus degeneration in [0, 1] of every disc (T2 shortened toward the
+            annulus'); it follows the canal narrowing of the labelled discs, with nuisance.
+        cauda: version 3: (N_CAUDA_ROOTS, 2) (x, a) offsets (mm) of the cauda equina's roots from the centre of
+            the thecal sac, before its compression.
     """
 
     origin: np.ndarray
@@ -114,6 +135,11 @@ class Spine:
     facet_share: np.ndarray | None = None
     sacral_disc: float = 0.0
     marrow: float = 1.0
+    version: int = 2
+    marrow_fat: float = 0.4
+    marrow_waves: np.ndarray | None = None
+    degeneration: np.ndarray | None = None
+    cauda: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.disc_t = np.asarray(self.disc_t, dtype=np.float64)
@@ -129,6 +155,14 @@ class Spine:
         vertebra_mid = np.r_[self.disc_t[0] + 15.0, (self.disc_t[:-1] + self.disc_t[1:]) / 2, -np.inf]
         self._vertebra_mid = vertebra_mid  # vertebra k lies between discs k-1 and k (0: above the column)
         self._ribbed = np.arange(n_discs + 1) <= n_discs - 1 - self.n_lumbar
+        self.degeneration = zeros.copy() if self.degeneration is None else np.asarray(self.degeneration, np.float64)
+        self.marrow_waves = np.zeros((0, 5)) if self.marrow_waves is None else np.asarray(self.marrow_waves)
+        self.cauda = np.zeros((0, 2)) if self.cauda is None else np.asarray(self.cauda, dtype=np.float64)
+
+    @property
+    def tissue_labels(self) -> tuple[str, ...]:
+        """Label id -> tissue name of `render(..., labels=True)` (the version's vocabulary)."""
+        return tissue_labels(self.version)
 
     @property
     def column_narrowing(self) -> dict[str, np.ndarray]:
@@ -253,92 +287,237 @@ class Spine:
         return self.spine_to_world(np.array([0.0, 0.0, self.labelled_t[level_index]]), nominal=nominal)
 
     # ---- rendering ----------------------------------------------------------------------------------
-    def render(self, world: np.ndarray, sequence: str, contrast: dict[str, float] | None = None,
-               labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Noise-free brightness (about 0..1) at (..., 3) world LPS mm points, for one of ``SEQUENCES``;
-        ``contrast`` overrides the brightness of some tissues (fat suppression, marrow). ``labels=True`` also
-        returns the tissue at each point (uint8 index into `TISSUE_LABELS`: the last tissue painted whose
-        signed distance is negative there, the same shapes in the same order as the brightness)."""
-        col = SEQUENCES.index(sequence)
-        value = {tissue: v[col] for tissue, v in TISSUE_CONTRAST.items()}
-        value.update(contrast or {})
-        value["marrow"] *= self.marrow
-        x, a, t = np.moveaxis(self.world_to_spine(np.asarray(world, dtype=np.float32)), -1, 0)
-        edge = EDGE_MM / self.scale
-        img = np.zeros_like(x)
-        tissue = np.zeros(x.shape, dtype=np.uint8) if labels else None
+    def render(self, world: np.ndarray, sequence, contrast: dict[str, float] | None = None, labels: bool = False,
+               edge_mm: float = EDGE_MM, profile: tuple[np.ndarray, tuple[float, ...]] | None = None
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Noise-free brightness (about 0..1) at (..., 3) world LPS mm points.
+
+        ``sequence``: one of ``SEQUENCES`` (version 2: the `TISSUE_CONTRAST` table, ``contrast`` overriding some
+        tissues: fat suppression, marrow; version 3: that description's `mr.typical_sequence`) or a
+        `spine.synth.mr.Sequence` (version 3: each tissue's signal from the sequence's equation). ``edge_mm``: the width parameter of the soft tissue boundaries (partial volume
+        in the image plane; about a pixel / 2.2 for a linear ramp one pixel wide). ``profile``: (unit normal
+        (3,) world, offsets mm): the brightness is the mean over the planes shifted by each offset along the
+        normal (the slice profile integrated); the trunk's large muscles and fat are taken at the points
+        themselves, the column's tissues on every plane. ``labels=True`` also returns the tissue at each point
+        (uint8 index into `tissue_labels`: the last tissue painted whose signed distance is negative there, the
+        same shapes in the same order as the brightness), at the points themselves."""
+        world = np.asarray(world, dtype=np.float32)
+        x, a, t = np.moveaxis(self.world_to_spine(world), -1, 0)
+        canvas = _Canvas(np.zeros_like(x), self._tissue_values(sequence, contrast), edge_mm / self.scale,
+                         self.tissue_labels, _LABEL_OF_V3 if self.version >= 3 else _LABEL_OF, labels)
         trunk = _ellipse_sdf(x, a + 45.0, 165.0, 125.0)
-        img = _paint(img, trunk, value["fat"], edge, tissue, "fat")
-        img = _paint(img, trunk + 14.0, value["muscle"], edge, tissue, "muscle")  # inside 14 mm subcutaneous fat
+        canvas.paint(trunk, "fat")
+        canvas.paint(trunk + 14.0, "muscle")  # inside 14 mm subcutaneous fat
+        if self.version >= 3:
+            self._paint_trunk(canvas, x, a, t, trunk)
         # everything else lies in a box around the column: rendered there only
-        near = ((np.abs(x) < 55.0) & (a > -40.0) & (a < 82.0) & (t < self.disc_t[0] + 45.0)
+        box = (50.0, -30.0, 76.0) if self.version >= 3 else (55.0, -40.0, 82.0)  # |x|, a: version 2's kept as it was
+        near = ((np.abs(x) < box[0]) & (a > box[1]) & (a < box[2]) & (t < self.disc_t[0] + 45.0)
                 & (t > self.disc_t[-1] - SACRUM_MM - 10.0))
         if near.any():
-            part = tissue[near] if labels else None
-            img[near] = self._render_column(x[near], a[near], t[near], img[near], value, col, edge, part)
-            if labels:
-                tissue[near] = part
-        return (img, tissue) if labels else img
+            under = canvas.img[near]
+            column = canvas.part(near)
+            if profile is not None:
+                column.boundary = np.full(under.shape, np.inf, dtype=np.float32)
+            self._render_column(column, x[near], a[near], t[near])
+            canvas.put(near, column)
+            if profile is not None and len(profile[1]) > 1:
+                canvas.img[near] = self._integrate(column, under, world[near], *profile)
+        return (canvas.img, canvas.tissue) if labels else canvas.img
 
-    def _render_column(self, x, a, t, img, value, col, edge, tissue: np.ndarray | None = None) -> np.ndarray:
-        """The column's tissues painted over ``img`` (returned); ``tissue`` (the labels there) updated in place."""
+    def _integrate(self, column: _Canvas, under: np.ndarray, world: np.ndarray, normal: np.ndarray,
+                   offsets: tuple[float, ...]) -> np.ndarray:
+        """The column's brightness averaged over the planes at ``offsets`` (mm) along ``normal``. Points farther
+        than the largest offset from every boundary painted on the centre plane (``column.boundary``, a lower
+        bound of the distance in spine mm) keep the centre's value: nothing changes within their reach."""
+        reach = max(abs(o) for o in offsets) / self.scale * 1.1 + 1.2 * column.edge  # the soft edge: 1.11 edge
+        mixed = column.boundary < reach
+        total = column.img.copy()
+        if mixed.any():
+            others = [o for o in offsets if o != 0]  # the other planes' points rendered together (one pass)
+            normal = np.asarray(normal, dtype=np.float32)
+            shifted = np.concatenate([world[mixed] + np.float32(o) * normal for o in others])
+            sx, sa, st = np.moveaxis(self.world_to_spine(shifted), -1, 0)
+            plane = _Canvas(np.tile(under[mixed], len(others)), column.value, column.edge, column.names,
+                            column.label_of, False)
+            self._render_column(plane, sx, sa, st)
+            sums = plane.img.reshape(len(others), -1).sum(axis=0)
+            if len(others) < len(offsets):
+                sums += column.img[mixed]
+            total[mixed] = sums / np.float32(len(offsets))
+        return total
+
+    def _tissue_values(self, sequence, contrast: dict[str, float] | None) -> dict:
+        """Painted kind -> brightness (a number, or a function of the points for version 3's marrow and
+        nucleus)."""
+        if isinstance(sequence, str) and self.version >= 3:
+            if contrast:
+                raise ValueError("version 3 takes an mr.Sequence for a fat-suppressed or other contrast")
+            sequence = mr.typical_sequence(sequence)
+        if isinstance(sequence, str):
+            col = SEQUENCES.index(sequence)
+            value = {tissue: v[col] for tissue, v in TISSUE_CONTRAST.items()}
+            value.update(contrast or {})
+            value["marrow"] *= self.marrow
+            value["col"] = col
+            return value
+        value = sequence.tissue_values()
+        value.update(disc=value["annulus"], cauda=value["nerve"], cord=value["nerve"], col=1,
+                     nucleus_scale=sequence.scale, sequence=sequence)
+        return value
+
+    def _paint_trunk(self, canvas: _Canvas, x, a, t, trunk) -> None:
+        """Version 3: the abdominal contents in front of the spine behind a muscular wall, the psoas muscles
+        beside the lumbar bodies (growing toward the sacrum) in a thin fat plane, the paraspinal muscles."""
+        canvas.paint(np.maximum(trunk + 20.0, _ellipse_sdf(x, a + 78.0, 125.0, 62.0)), "viscera")
+        region = (np.abs(x) < 60.0) & (a > -24.0) & (a < 93.0)  # where the psoas and paraspinal muscles lie
+        if not region.any():
+            return
+        whole, canvas = canvas, canvas.part(region)
+        x, a, t = x[region], a[region], t[region]
+        top = self.disc_t[-LABELLED - 1]
+        grow = np.clip((top - t) / max(top - self.disc_t[-1], 1.0), 0.0, 1.0)  # 0 at T12/L1, 1 at L5/S1
+        in_range = np.maximum(t - top - 10.0, (self.disc_t[-1] - 40.0) - t)
+        for side in (1.0, -1.0):
+            psoas = _ellipse_sdf(side * x - (BODY_HALF_WIDTH + 8.0 + 8.0 * grow), a + 2.0 - 6.0 * grow,
+                                 6.0 + 10.0 * grow, 6.0 + 8.0 * grow)
+            psoas = np.maximum(psoas, in_range)
+            canvas.paint(psoas - 1.2, "fat")
+            canvas.paint(psoas, "muscle")
+            erector = _ellipse_sdf(side * x - 24.0, a - (CANAL_A + 38.0), 20.0, 24.0)
+            canvas.paint(erector - 1.2, "fat")
+            canvas.paint(erector, "muscle")
+        whole.put(region, canvas)
+
+    def _marrow(self, value: dict, x, a, t):
+        """Marrow brightness: version 2 one value; version 3 a function of a mask of the points giving the
+        two-component mix at the local fat fraction (the study's mean plus a smooth texture of random waves,
+        fixed to the anatomy), evaluated only where a shape paints marrow."""
+        if self.version < 3:
+            return value["marrow"]
+
+        def at(mask: np.ndarray) -> np.ndarray:
+            px, pa, pt = x[mask], a[mask], t[mask]
+            fraction = np.full(px.shape, self.marrow_fat, dtype=np.float32)
+            for kx, ka, kt, phase, amplitude in self.marrow_waves:
+                angle = np.float32(2 * np.pi * kx) * px + np.float32(2 * np.pi * ka) * pa
+                angle += np.float32(2 * np.pi * kt) * pt + np.float32(phase)
+                fraction += np.float32(amplitude) * np.cos(angle)
+            np.clip(fraction, 0.05, 0.95, out=fraction)
+            return fraction * value["fat"] + (1.0 - fraction) * value["red_marrow"]
+
+        return at
+
+    def _bone(self, canvas: _Canvas, sdf, marrow, label: str | None = None) -> None:
+        """Bone: version 2 one tissue; version 3 a cortex about 1 mm thick around marrow."""
+        if self.version < 3:
+            canvas.paint(sdf, "bone", label=label)
+            return
+        canvas.paint(sdf, "cortical")
+        canvas.paint(sdf + 1.0, "marrow", marrow, label=label or "posterior_elements")
+
+    def _render_column(self, canvas: _Canvas, x, a, t) -> None:
+        """The column's tissues painted over the canvas (the points near the column)."""
+        v3 = self.version >= 3
+        value = canvas.value
         level = self._nearest_disc(t)
         u = t - self.disc_t[level]  # signed distance from the nearest disc plane, + cranial
         n = {c: v[level] for c, v in self.column_narrowing.items()}
         canal_front, canal_back = self.canal_closure
         lowest = self.disc_t[-1]
+        marrow = self._marrow(value, x, a, t)
 
-        def paint(image, inside_sdf, kind: str, bright: float | None = None, label: str | None = None):
-            return _paint(image, inside_sdf, value[kind] if bright is None else bright, edge, tissue,
-                          label or _LABEL_OF[kind])
-
-        img = paint(img, _posterior_elements_sdf(x, a, u), "bone")
+        self._bone(canvas, _posterior_elements_sdf(x, a, u, v3), marrow)
         epidural = _ellipse_sdf(x, a - CANAL_A, CANAL_HALF_WIDTH, CANAL_HALF_DEPTH)
-        img = paint(img, epidural, "fat", label="epidural_fat")
+        canvas.paint(epidural, "fat", label="epidural_fat")
         # ligamentum flavum: a thin band behind the sac, thickened at the disc by its share of the narrowing
         bump = np.exp(-((u / 7.0) ** 2) - (x / 10.0) ** 2)
         back = canal_back[level] * bump
-        img = paint(img, np.maximum(epidural, CANAL_A + CANAL_HALF_DEPTH - 2.5 - back - a), "ligament")
+        canvas.paint(np.maximum(epidural, CANAL_A + CANAL_HALF_DEPTH - 2.5 - back - a), "ligament")
         for side, name in ((1.0, "left"), (-1.0, "right")):
             grow = (1.0 - self.facet_share[0 if side > 0 else 1][level]) * n[f"{name}_subarticular_stenosis"]
             lateral = _ellipse_sdf(side * x - (RECESS_X - 1.0), a - (RECESS_A + 4.5), 1.5 + 3.0 * grow,
                                    1.2 + 2.5 * grow)
-            img = paint(img, np.maximum(lateral, np.abs(u) - 9.0), "ligament")
+            canvas.paint(np.maximum(lateral, np.abs(u) - 9.0), "ligament")
         # disc material in front of the sac where the disc bulges (or the body below a slip steps) into it
         front = canal_front[level] * bump
-        degenerate = 1.0 - 0.45 * n["spinal_canal_stenosis"]  # desiccated discs are darker on T2
-        disc_value = value["disc"] * (degenerate if col else 1.0)
-        img = paint(img, np.maximum(epidural, a - (CANAL_A - CANAL_HALF_DEPTH + front)), "disc", disc_value)
+        degenerate = 1.0 - 0.45 * n["spinal_canal_stenosis"]  # version 2: desiccated discs are darker on T2
+        disc_value = value["disc"] * (degenerate if value["col"] and not v3 else 1.0)
+        canvas.paint(np.maximum(epidural, a - (CANAL_A - CANAL_HALF_DEPTH + front)), "disc", disc_value)
         sac = self._thecal_sac_sdf(x, a, u, n, front, back)
-        img = paint(img, np.maximum(sac, (lowest - SAC_END_MM) - t), "csf")
+        sac = np.maximum(sac, (lowest - SAC_END_MM) - t)
+        canvas.paint(sac, "csf")
+        if v3:
+            self._paint_sac_contents(canvas, x, a, t, u, sac, front, back)
         # vertebral bodies from above the column down through the sacrum (wider at the alae, tapering)
         below = np.clip((lowest - t) / SACRUM_MM, 0.0, 1.0)
         in_column = np.maximum(t - self.disc_t[0] - 30.0, (lowest - SACRUM_MM) - t)
         body = _ellipse_sdf(x, a + 1.0 + 8.0 * below, BODY_HALF_WIDTH + 20.0 * np.clip(4.0 * below, 0.0, 1.0),
                             BODY_HALF_DEPTH * (1.0 - 0.45 * below))
-        img = paint(img, np.maximum(body, in_column), "marrow")
+        if v3:  # the cortex around the body and the endplates at each disc
+            height = self.disc_height[level]
+            bone = np.maximum(body, in_column)
+            endplate = np.abs(np.abs(u) - height / 2 - 0.5) - 0.5  # < 0 in the 1 mm beyond the disc's surface
+            canvas.paint(bone, "cortical")
+            canvas.paint(np.maximum(bone + 1.0, -endplate), "marrow", marrow)
+        else:
+            canvas.paint(np.maximum(body, in_column), "marrow")
         disc = np.maximum(_ellipse_sdf(x, a + 1.0, BODY_HALF_WIDTH + 1.5, BODY_HALF_DEPTH + 1.0),
                           np.abs(u) - self.disc_height[level] / 2)
-        img = paint(img, disc, "disc", disc_value)
+        canvas.paint(disc, "disc", disc_value)
+        if v3:  # the nucleus: the inner part of the disc, its T2 signal lost with degeneration
+            nucleus = np.maximum(_ellipse_sdf(x, a + 0.5, 0.55 * BODY_HALF_WIDTH, 0.5 * BODY_HALF_DEPTH),
+                                 np.abs(u) - 0.3 * self.disc_height[level])
+            bright = value["nucleus_scale"] * value["sequence"].nucleus(self.degeneration[level])
+            canvas.paint(nucleus, "nucleus", bright.astype(np.float32))
         if self.sacral_disc > 0:  # rudimentary S1/S2 disc: thin, smaller, dark
             us = t - (lowest - 0.8 * (self.disc_t[-2] - lowest))
             remnant = np.maximum(_ellipse_sdf(x, a + 3.0, BODY_HALF_WIDTH - 6.0, BODY_HALF_DEPTH - 5.0),
                                  np.abs(us) - self.sacral_disc / 2)
-            img = paint(img, remnant, "disc", 0.6 * value["disc"])
+            canvas.paint(remnant, "disc", 0.6 * value["disc"])
         for side, name in ((1.0, "left"), (-1.0, "right")):
-            img = self._paint_foramen(img, paint, side * x, a, u, n[f"{name}_neural_foraminal_narrowing"])
+            self._paint_foramen(canvas, side * x, a, u, n[f"{name}_neural_foraminal_narrowing"], v3)
             share = self.facet_share[0 if side > 0 else 1][level]
             radius = 3.5 * (1.0 + 0.9 * share * n[f"{name}_subarticular_stenosis"])
             facet = _ellipse_sdf(side * x - FACET_X, a - FACET_A, radius, radius)
-            img = paint(img, np.maximum(facet, np.abs(u) - 8.0), "bone")
+            self._bone(canvas, np.maximum(facet, np.abs(u) - 8.0), marrow)
         vertebra = np.searchsorted(-self.disc_t, -t)  # 0 above the top disc, k between discs k-1 and k
         ribbed = self._ribbed[vertebra]
         if ribbed.any():
             rib = np.maximum(_ellipse_sdf(np.abs(x) - RIB_X, a - RIB_A, 7.0, 5.0),
                              np.abs(t - self._vertebra_mid[vertebra]) - 7.0)
             rib = np.where(ribbed, rib, 1e3)
-            img = paint(paint(img, rib, "bone", label="rib"), rib + 1.2, "marrow", label="rib")  # rim, marrow
-        return img
+            canvas.paint(rib, "cortical" if v3 else "bone", label="rib")
+            canvas.paint(rib + 1.2, "marrow", marrow, label="rib")  # rim, marrow
+
+    def _paint_sac_contents(self, canvas: _Canvas, x, a, t, u, sac, front, back) -> None:
+        """Version 3: the cord above L1 (tapering into the conus), the cauda equina below it, and a traversing root
+        in each lateral recess, all inside the thecal sac. The canal narrowing moves the roots together with the
+        sac's walls (front and back), so a tight canal is filled by roots: the CSF around them is effaced; a
+        narrowed recess closes on its traversing root."""
+        inside = sac < 1.5
+        if not inside.any():
+            return
+        x, a, t, u, sac = x[inside], a[inside], t[inside], u[inside], sac[inside]
+        front, back = np.broadcast_to(front, inside.shape)[inside], np.broadcast_to(back, inside.shape)[inside]
+        depth = CANAL_HALF_DEPTH - 1.0
+        squeeze = np.clip(1.0 - (front + back) / (2.0 * depth), 0.15, 1.0)  # the sac's remaining share of depth
+        centre = CANAL_A + (front - back) / 2
+        conus = self.labelled_t[0] + 8.0  # the cord ends at about the L1/L2 disc
+        taper = np.clip((t - conus) / 25.0, 0.0, 1.0)
+        cord = _ellipse_sdf(x, a - CANAL_A - 1.0, 0.5 + 4.5 * taper, 0.5 + 3.5 * taper)
+        roots = np.full(x.shape, 1e3, dtype=np.float32)
+        for dx, da in self.cauda:
+            root = _ellipse_sdf(x - dx, a - (centre + da * squeeze), 1.1, 1.1)
+            roots = np.minimum(roots, root)
+        roots = np.maximum(roots, t - conus - 8.0)  # the cauda equina begins at the conus
+        traversing = np.minimum(*(_ellipse_sdf(side * x - (RECESS_X + 0.5), a - RECESS_A, 1.4, 1.4)
+                                  for side in (1.0, -1.0)))  # in the lateral recesses, past each disc
+        part = canvas.part(inside)
+        part.paint(np.maximum(np.maximum(cord, sac), conus - t), "cord")
+        part.paint(np.maximum(roots, sac), "cauda")
+        part.paint(np.maximum(traversing, sac), "nerve")
+        canvas.put(inside, part)
 
     def _nearest_disc(self, t: np.ndarray) -> np.ndarray:
         # Discs are sorted cranial -> caudal (decreasing t); midpoints split the arc into per-disc zones.
@@ -358,43 +537,110 @@ class Spine:
         return sac
 
     @staticmethod
-    def _paint_foramen(img, paint, lateral_x, a, u, narrowing):
-        """One side's foramen (lateral_x > 0 on that side): fat around a nerve root, between pedicles."""
+    def _paint_foramen(canvas: _Canvas, lateral_x, a, u, narrowing, v3: bool = False) -> None:
+        """One side's foramen (lateral_x > 0 on that side): fat around a nerve root, between pedicles. Version 3
+        deforms the root as the foramen closes (flattened cranio-caudally, pushed against the disc)."""
         band = np.abs(lateral_x - FORAMEN_X) - 7.0  # the foramen spans x = 17..31 mm from the midline
         height = 6.5 * (1.0 - 0.75 * narrowing)
         depth = 4.5 * (1.0 - 0.55 * narrowing)
         foramen = np.maximum(_ellipse_sdf(u - FORAMEN_U, a - FORAMEN_A, height, depth), band)
-        img = paint(img, foramen, "fat")
-        root = _ellipse_sdf(u - FORAMEN_U - 0.35 * height, a - FORAMEN_A, 1.8, 1.8)
-        return paint(img, np.maximum(root, band), "nerve")
+        canvas.paint(foramen, "fat")
+        if v3:
+            root = _ellipse_sdf(u - FORAMEN_U - 0.35 * height, a - FORAMEN_A, 1.8 * (1.0 - 0.4 * narrowing),
+                                1.8 * (1.0 + 0.25 * narrowing))
+        else:
+            root = _ellipse_sdf(u - FORAMEN_U - 0.35 * height, a - FORAMEN_A, 1.8, 1.8)
+        canvas.paint(np.maximum(root, band), "nerve")
 
 
-def _posterior_elements_sdf(x, a, u) -> np.ndarray:
-    """Pedicles and laminae around the canal, the spinous process behind it."""
+def tissue_labels(version: int) -> tuple[str, ...]:
+    """Label id -> tissue name of the tissue truth a generator version writes."""
+    return TISSUE_LABELS_V3 if version >= 3 else TISSUE_LABELS
+
+
+class _Canvas:
+    """Brightness painted at a set of points, shape over shape, and the tissue label of each point if asked."""
+
+    def __init__(self, img: np.ndarray, value: dict, edge: float, names: tuple[str, ...], label_of: dict[str, str],
+                 labels: bool, tissue: np.ndarray | None = None) -> None:
+        self.img, self.value, self.edge, self.names, self.label_of = img, value, edge, names, label_of
+        self.tissue = tissue if tissue is not None or not labels else np.zeros(img.shape, dtype=np.uint8)
+        self.boundary: np.ndarray | None = None  # where set: the smallest |signed distance| of the shapes painted
+
+    def paint(self, inside_sdf: np.ndarray, kind: str, bright=None, label: str | None = None) -> None:
+        """Paint a shape (signed distance, < 0 inside) with a kind's brightness (or ``bright``: a number, an array
+        of the points, or a function of a mask of the points, called where the shape paints) and its label."""
+        bright = self.value[kind] if bright is None else bright
+        label_id = self.names.index(label or self.label_of[kind])
+        if self.boundary is not None:
+            np.minimum(self.boundary, np.abs(inside_sdf), out=self.boundary)
+        if not callable(bright):
+            self.img = _paint(self.img, inside_sdf, bright, self.edge, self.tissue, label_id)
+            return
+        weight = _soft(inside_sdf, self.edge)
+        where = weight > 0
+        self.img[where] += weight[where] * (bright(where) - self.img[where])
+        if self.tissue is not None:
+            self.tissue[inside_sdf < 0] = label_id
+
+    def part(self, mask: np.ndarray) -> _Canvas:
+        """A canvas of the points selected by ``mask`` (copies), to paint and `put` back."""
+        part = _Canvas(self.img[mask], self.value, self.edge, self.names, self.label_of, self.tissue is not None,
+                       None if self.tissue is None else self.tissue[mask])
+        part.boundary = None if self.boundary is None else self.boundary[mask]
+        return part
+
+    def put(self, mask: np.ndarray, part: _Canvas) -> None:
+        self.img[mask] = part.img
+        if self.tissue is not None:
+            self.tissue[mask] = part.tissue
+        if self.boundary is not None:
+            self.boundary[mask] = part.boundary
+
+
+def _posterior_elements_sdf(x, a, u, gaps: bool = False) -> np.ndarray:
+    """Pedicles and laminae around the canal, the spinous process behind it. ``gaps`` (version 3): the spinous
+    processes of neighbouring vertebrae separated at the disc level (the interspinous space)."""
     arch = _ellipse_sdf(x, a - CANAL_A - 2.0, FORAMEN_X + 8.0, CANAL_HALF_DEPTH + 8.0)
     spinous = np.maximum(np.abs(x) - 4.0, np.abs(a - CANAL_A - 28.0) - 18.0)
+    if gaps:
+        spinous = np.maximum(spinous, 3.0 - np.abs(u + 6.0))  # the process points down: the gap lies below the disc
     return np.minimum(arch, spinous)
 
 
 def _paint(image: np.ndarray, inside_sdf: np.ndarray, bright: float | np.ndarray, edge: float,
-           tissue: np.ndarray | None = None, label: str = "") -> np.ndarray:
+           tissue: np.ndarray | None = None, label: int = 0) -> np.ndarray:
     """``image`` with a shape painted over it (soft edge: partial volume); where ``tissue`` (labels) is given, the
-    points inside the shape (signed distance < 0) become ``label``, in place."""
+    points inside the shape (signed distance < 0) become ``label`` (an id), in place."""
     if tissue is not None:
-        tissue[inside_sdf < 0] = TISSUE_LABELS.index(label)
+        tissue[inside_sdf < 0] = label
     weight = _soft(inside_sdf, edge)
-    return image + weight * (bright - image)
+    diff = bright - image
+    diff *= weight
+    return image + diff
 
 
 def _ellipse_sdf(dx: np.ndarray, dy: np.ndarray, rx, ry) -> np.ndarray:
     """Approximate signed distance (mm, < 0 inside) to an axis-aligned ellipse with semi-axes rx, ry."""
     radius = np.minimum(rx, ry)
-    return (np.sqrt((dx / rx) ** 2 + (dy / ry) ** 2) - 1.0) * radius
+    if np.ndim(rx) or np.ndim(ry) or not isinstance(dx, np.ndarray) or dx.dtype != np.float32:
+        return (np.sqrt((dx / rx) ** 2 + (dy / ry) ** 2) - 1.0) * radius
+    q = dx * np.float32(1.0 / rx)  # the same value in fewer temporary arrays (float32, scalar semi-axes)
+    q *= q
+    r = dy * np.float32(1.0 / ry)
+    r *= r
+    q += r
+    np.sqrt(q, out=q)
+    q -= np.float32(1.0)
+    q *= np.float32(radius)
+    return q
 
 
 def _soft(sdf: np.ndarray, edge: float) -> np.ndarray:
     """Membership in [0, 1] from a signed distance: a linear edge about 2 `edge` mm wide (partial volume)."""
-    return np.clip(0.5 - sdf * (0.45 / edge), 0.0, 1.0)
+    weight = sdf * (0.45 / edge)  # the same numbers as clip(0.5 - sdf * (0.45 / edge), 0, 1), fewer temporaries
+    np.subtract(0.5, weight, out=weight)
+    return np.clip(weight, 0.0, 1.0, out=weight)
 
 
 LEVEL_COUNT = len(LEVELS)

@@ -20,6 +20,9 @@ class SynthConfig:
     n_test: int = 12  # test studies (labels in test_labels.csv only); 0: none
     workers: int = 2  # processes rendering studies in parallel (0 or 1 = in this process)
     overwrite: bool = False  # refuse to write into a non-empty out_dir unless true
+    # 3: MR physics (sequences, signal equations, slice profile, Gibbs) and the refined anatomy; 2: the previous
+    # generator (shapes painted with one brightness per tissue), byte-identical to what it wrote, for comparison
+    version: int = 3
     sag_size: list[int] = field(default_factory=lambda: [160, 192])  # rows, pixels
     sag_fov_mm: list[float] = field(default_factory=lambda: [280.0, 420.0])  # sagittal field of view (rows), mm
     sag_spacing_mm: list[float] = field(default_factory=lambda: [3.0, 4.5])  # sagittal slice step, mm
@@ -53,6 +56,9 @@ class SynthConfig:
     wrap_rate: float = 0.03  # wrap-around of the body outside the field of view (phase direction)
     stir_rate: float = 0.5  # Sagittal T2/STIR series that are fat-suppressed (STIR); the rest plain T2
     axial_fat_sat_rate: float = 0.1  # fat-suppressed Axial T2
+    field_3t_rate: float = 0.5  # version 3: studies at 3 T (the rest 1.5 T)
+    acquired_fraction: list[float] = field(default_factory=lambda: [0.6, 0.9])  # version 3: k-space acquired along
+    # the phase-encoding direction, share of the image matrix (Gibbs ringing, blur); the readout acquires 0.9-1
     rescale_rate: float = 0.18  # series with RescaleSlope/RescaleIntercept tags (integral: integers stay)
     rescale_nonintegral_share: float = 0.1  # of those: a non-integral slope (the modality values are floats)
     label_noise: float = 0.10  # sigma of the reading noise on the narrowing scale (see labels.py)
@@ -64,6 +70,8 @@ class SynthConfig:
         if self.n_train < 1:
             raise ValueError(f"n_train must be >= 1 (training needs studies), got {self.n_train}")
         require_range(self, "n_test seed workers", 0)
+        if self.version not in (2, 3):
+            raise ValueError(f"version must be 2 or 3 (the generator's version), got {self.version}")
         require_range(self, _RATES, 0.0, 1.0)
         if sum(self.extra_series_rates) > 1 or len(self.extra_series_rates) > 2:
             raise ValueError(f"extra_series_rates: at most 2 rates (4 and 5 series) summing to <= 1, got "
@@ -74,10 +82,12 @@ class SynthConfig:
         require_pairs(self, "sag_slices", 1)
         require_pairs(self, "sag_fov_mm sag_spacing_mm sag_coverage_mm ax_fov_mm ax_spacing_mm", 0.0, low_open=True)
         require_pairs(self, "noise", 0.0)
+        require_pairs(self, "acquired_fraction", 0.2, 1.0)
 
 
 # the keys that are a share of studies or series: probabilities
 _RATES = ("reversed_instance_rate nonsquare_rate missing_tag_rate sag_placement_rate multi_stack_rate ax_per_disc_rate "
           "ax_same_angle_rate ax_thin_rate ax_partial_rate extra_series_rates extra_axial_share missing_sagittal_rate "
-          "transitional_rate scoliosis_rate listhesis_rate sacral_disc_rate stir_rate axial_fat_sat_rate ghosting_rate "
+          "transitional_rate scoliosis_rate listhesis_rate sacral_disc_rate stir_rate axial_fat_sat_rate field_3t_rate "
+          "ghosting_rate "
           "wrap_rate rescale_rate rescale_nonintegral_share missing_label_rate click_slice_rate")

@@ -40,6 +40,10 @@ class SliceTags:
     uid_seed: str | None = None  # SOPInstanceUID derived from this text (the same bytes on every run); None: random
 
 
+# the SliceTags fields that change from slice to slice of a series (SeriesWriter updates only these)
+_PER_SLICE = ("instance_number", "image_position", "slice_location", "uid_seed")
+
+
 def write_slice(path: str | Path, pixels: np.ndarray, tags: SliceTags) -> None:
     """Write one MR slice.
 
@@ -48,9 +52,41 @@ def write_slice(path: str | Path, pixels: np.ndarray, tags: SliceTags) -> None:
         pixels: (rows, columns) stored values, uint16 (or int16), indexed [row, column].
         tags: geometry and identification tags.
     """
-    if pixels.ndim != 2 or pixels.dtype not in (np.uint16, np.int16):
-        raise ValueError(f"pixels must be a 2-D uint16/int16 array, got {pixels.dtype} {pixels.shape}")
-    ds = _dataset(tags)
+    SeriesWriter().write(path, pixels, tags)
+
+
+class SeriesWriter:
+    """Writes the slices of one series (the same bytes as `write_slice`), building the header once and changing
+    only the tags that differ from slice to slice (`_PER_SLICE`) when the others are the same as the last one's."""
+
+    def __init__(self) -> None:
+        self._ds: FileDataset | None = None
+        self._common: tuple | None = None
+
+    def write(self, path: str | Path, pixels: np.ndarray, tags: SliceTags) -> None:
+        if pixels.ndim != 2 or pixels.dtype not in (np.uint16, np.int16):
+            raise ValueError(f"pixels must be a 2-D uint16/int16 array, got {pixels.dtype} {pixels.shape}")
+        ds = self._dataset(tags)
+        _write(path, ds, pixels, tags)
+
+    def _dataset(self, tags: SliceTags) -> FileDataset:
+        common = tuple((f, repr(getattr(tags, f))) for f in SliceTags.__dataclass_fields__ if f not in _PER_SLICE)
+        common += tuple((f, getattr(tags, f) is None) for f in _PER_SLICE)  # a tag present or absent
+        if self._ds is None or common != self._common or tags.uid_seed is None:
+            self._ds, self._common = _dataset(tags), common
+            return self._ds
+        ds = self._ds
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(_UID_ROOT, entropy_srcs=[tags.uid_seed])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.InstanceNumber = int(tags.instance_number)
+        if tags.image_position is not None:
+            ds.ImagePositionPatient = [_ds(v) for v in tags.image_position]
+        if tags.slice_location is not None:
+            ds.SliceLocation = _ds(tags.slice_location)
+        return ds
+
+
+def _write(path: str | Path, ds: FileDataset, pixels: np.ndarray, tags: SliceTags) -> None:
     bits = int(max(12, int(pixels.max()).bit_length())) if pixels.dtype == np.uint16 else 16
     # set_pixel_data draws a new SOPInstanceUID unless told not to: keep the derived one of a ``uid_seed``
     ds.set_pixel_data(np.ascontiguousarray(pixels), "MONOCHROME2", bits,

@@ -34,17 +34,20 @@ from spine.constants import (
 from spine.errors import InputError
 from spine.procs import worker_pool
 from spine.synth import labels as label_model
+from spine.synth import mr
 from spine.synth.acquisition import SeriesPlan, plan_axial, plan_sagittal, render_slice
-from spine.synth.anatomy import LABELLED, TISSUE_LABELS, Spine
+from spine.synth.anatomy import LABELLED, Spine, tissue_labels
 from spine.synth.config import SynthConfig
-from spine.synth.dicom_writer import SliceTags, write_slice
+from spine.synth.dicom_writer import SeriesWriter, SliceTags
 
-GENERATOR_VERSION = 2  # recorded in dataset.json: numbers measured on different versions are not comparable
+GENERATOR_VERSION = 3  # the default (SynthConfig.version), recorded in dataset.json: numbers measured on different
+# versions are not comparable; version 2 stays selectable (version=2) and writes the same bytes as before
 # Intensity scale (gain) ranges of three scanner vendors and how common each is: stored values from hundreds to
 # several thousands.
 VENDOR_GAINS = ((350.0, 900.0), (900.0, 2500.0), (2500.0, 6000.0))
 VENDOR_WEIGHTS = (0.35, 0.4, 0.25)
 N_DISCS = 12  # discs modelled per spine: the five labelled ones and seven above them
+N_CAUDA = 10  # version 3: roots of the cauda equina drawn in the thecal sac
 SERIES_IDS = 5  # series ids drawn per study (at most five series)
 TISSUE_DIR = "tissue"  # tissue/{study}/{series}.npz and tissue/labels.json: the tissue truth of every series
 OPTIONAL_TAGS = ("SliceThickness", "SliceLocation", "SpacingBetweenSlices", "SeriesDescription", "PatientPosition")
@@ -105,7 +108,8 @@ def generate(cfg: SynthConfig) -> Path:
         results = [_study_job(job) for job in jobs]
     _write_tables(out, results, cfg)
     (out / TISSUE_DIR).mkdir(exist_ok=True)
-    (out / TISSUE_DIR / "labels.json").write_text(json.dumps(dict(enumerate(TISSUE_LABELS)), indent=1) + "\n")
+    names = tissue_labels(cfg.version)
+    (out / TISSUE_DIR / "labels.json").write_text(json.dumps(dict(enumerate(names)), indent=1) + "\n")
     _write_card(out, results, cfg, time.perf_counter() - started)
     return out
 
@@ -147,12 +151,19 @@ def plan_study(cfg: SynthConfig, study_id: int, series_ids: list[int], split: st
     independently of it, so the images (a function of the narrowing and of nuisance) say nothing about the
     noise: the oracle stays Bayes-optimal."""
     narrowing = label_model.sample_narrowing(rng)
-    spine, facts = _sample_spine(narrowing, rng, cfg)
+    # what only version 3 draws comes from a stream of its own: the studies' geometry, grades, labels and points
+    # are those of version 2 for a seed, only the images differ
+    physics = rng.spawn(1)[0] if cfg.version >= 3 else None
+    spine, facts = _sample_spine(narrowing, rng, cfg, physics)
     grades = {c: label_model.read_label(narrowing[c], cfg.label_noise, rng) for c in CONDITIONS}
     layout = _series_layout(rng, cfg)
     place = (float(rng.beta(0.5, 0.5)), float(rng.random())) if rng.random() < cfg.sag_placement_rate else None
     vendor = int(rng.choice(len(VENDOR_GAINS), p=VENDOR_WEIGHTS))
     vendor_gain = float(rng.uniform(*VENDOR_GAINS[vendor]))
+    scanner = None  # version 3: (field strength T, manufacturer)
+    if physics is not None:
+        scanner = (3.0 if physics.random() < cfg.field_3t_rate else 1.5, mr.MANUFACTURERS[vendor])
+        facts["field_t"] = scanner[0]
     specs, first_axial = [], True
     for (description, levels), series_id in zip(layout, series_ids):
         if description == "Axial T2":
@@ -160,7 +171,8 @@ def plan_study(cfg: SynthConfig, study_id: int, series_ids: list[int], split: st
             first_axial = False
         else:
             plan = plan_sagittal(spine, description, rng, cfg, place)
-        specs.append(SeriesSpec(series_id, description, plan, _sample_look(description, vendor_gain, rng, cfg),
+        specs.append(SeriesSpec(series_id, description, plan,
+                                _sample_look(description, vendor_gain, rng, cfg, scanner, physics),
                                 *_sample_tags(rng, cfg)))
     label_series, uncovered = _label_series(spine, specs, rng)
     missing = uncovered | _missing_labels(rng, cfg.missing_label_rate)
@@ -181,8 +193,8 @@ def plan_study(cfg: SynthConfig, study_id: int, series_ids: list[int], split: st
     return StudyPlan(study_id, split, spine, specs, labels, coordinates, narrowing, facts)
 
 
-def _sample_spine(narrowing: dict[str, np.ndarray], rng: np.random.Generator,
-                  cfg: SynthConfig) -> tuple[Spine, dict]:
+def _sample_spine(narrowing: dict[str, np.ndarray], rng: np.random.Generator, cfg: SynthConfig,
+                  physics: np.random.Generator | None = None) -> tuple[Spine, dict]:
     """Pose and shape of one patient's spine (world LPS mm), and what is unusual about it (facts)."""
     angles = np.radians(rng.uniform([-10, -5, -4], [10, 5, 4]))  # pitch (x), roll (y), yaw (z)
     rotation = _rotation(*angles)
@@ -227,9 +239,29 @@ def _sample_spine(narrowing: dict[str, np.ndarray], rng: np.random.Generator,
                   narrowing=narrowing, n_lumbar=n_lumbar, straight_above=straight_above, scoliosis=scoliosis,
                   listhesis=listhesis, lf_share=lf_share, facet_share=facet_share, sacral_disc=sacral_disc,
                   marrow=float(rng.uniform(0.85, 1.15)))
+    if physics is not None:
+        _sample_tissue(spine, narrowing, physics)
     facts = {"n_lumbar": n_lumbar, "cobb_deg": round(cobb, 1), "listhesis_level": listhesis_level,
              "listhesis_mm": round(float(listhesis.max()), 2)}
     return spine, facts
+
+
+def _sample_tissue(spine: Spine, narrowing: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    """Version 3: the physics and the finer anatomy of one patient (marrow fat and its texture, the nuclei's
+    degeneration, where the roots of the cauda equina lie)."""
+    spine.version = 3
+    spine.marrow_fat = float(rng.uniform(0.25, 0.6))  # adult lumbar marrow: about 30-50 % fat
+    n_waves = 4  # a smooth texture of 5-10 points of fat fraction (the spread within a vertebra)
+    direction = rng.normal(size=(n_waves, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    frequency = 1.0 / rng.uniform(6.0, 25.0, n_waves)  # wavelengths 6-25 mm
+    spine.marrow_waves = np.c_[direction * frequency[:, None], rng.uniform(0, 2 * np.pi, n_waves),
+                               rng.uniform(0.03, 0.07, n_waves)]
+    degeneration = rng.uniform(0.0, 0.25, N_DISCS)  # the nucleus' T2 loss follows the canal narrowing, with nuisance
+    degeneration[-LABELLED:] += 0.8 * narrowing["spinal_canal_stenosis"]
+    spine.degeneration = np.clip(degeneration, 0.0, 1.0)
+    # roots layered in the dorsal half of the sac (supine), two loose rows
+    spine.cauda = np.c_[rng.uniform(-6.5, 6.5, N_CAUDA), rng.uniform(-1.0, 4.5, N_CAUDA)]
 
 
 def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -259,13 +291,21 @@ def _series_layout(rng: np.random.Generator, cfg: SynthConfig) -> list[tuple[str
     return layout
 
 
-def _sample_look(description: str, vendor_gain: float, rng: np.random.Generator, cfg: SynthConfig) -> dict:
-    """Appearance of one series: gain (the vendor's scale), noise, bias field, fat suppression, artefacts."""
+def _sample_look(description: str, vendor_gain: float, rng: np.random.Generator, cfg: SynthConfig,
+                 scanner: tuple[float, str] | None = None, physics: np.random.Generator | None = None) -> dict:
+    """Appearance of one series: gain (the vendor's scale), noise, bias field, fat suppression, artefacts.
+    Version 3 (``scanner``: field strength, manufacturer; ``physics``: the generator of what only version 3
+    draws): the series' `mr.Sequence` (its kind from the same draw as version 2's contrast) and the share of
+    k-space acquired (phase, readout), in place of the contrast table's overrides."""
     contrast: dict[str, float] = {}
+    kind = "T1"
     if description == "Sagittal T2/STIR":
-        contrast = {"fat": 0.15, "marrow": 0.30} if rng.random() < cfg.stir_rate else {"fat": 0.70, "marrow": 0.50}
-    elif description == "Axial T2" and rng.random() < cfg.axial_fat_sat_rate:
-        contrast = {"fat": 0.15, "marrow": 0.30}
+        stir = rng.random() < cfg.stir_rate
+        contrast, kind = ({"fat": 0.15, "marrow": 0.30}, "STIR") if stir else ({"fat": 0.70, "marrow": 0.50}, "T2")
+    elif description == "Axial T2":
+        kind = "T2"
+        if rng.random() < cfg.axial_fat_sat_rate:
+            contrast, kind = {"fat": 0.15, "marrow": 0.30}, "T2 FS"
     look = {"gain": vendor_gain * float(rng.uniform(0.8, 1.25)), "noise": float(rng.uniform(*cfg.noise)),
             "bias": rng.uniform(-cfg.bias_max, cfg.bias_max, 3), "contrast": contrast,
             "phase_axis": 1 if description.startswith("Sagittal") else int(rng.integers(0, 2)),
@@ -273,6 +313,9 @@ def _sample_look(description: str, vendor_gain: float, rng: np.random.Generator,
     if rng.random() < cfg.ghosting_rate:
         look["ghost"] = (float(rng.uniform(0.04, 0.12)), float(rng.uniform(0.15, 0.45)))
     look["wrap"] = bool(rng.random() < cfg.wrap_rate)
+    if scanner is not None and physics is not None:
+        look.update(contrast={}, sequence=mr.sample_sequence(kind, *scanner, physics),
+                    acquired=(float(physics.uniform(*cfg.acquired_fraction)), float(physics.uniform(0.9, 1.0))))
     return look
 
 
@@ -328,6 +371,7 @@ def _write_series(folder: Path, tissue_path: Path, spine: Spine, spec: SeriesSpe
     ``instance_number[p]``; planes of another matrix size are padded with 255)."""
     plan, drop = spec.plan, spec.drop
     planes, numbers = [], []
+    writer = SeriesWriter()
     for stack, k, number in plan.slices():
         ipp = stack.image_position(k)
         location = float(stack.centers[k] @ stack.normal) * (-1 if spec.flip_location else 1)
@@ -341,9 +385,10 @@ def _write_series(folder: Path, tissue_path: Path, spine: Spine, spec: SeriesSpe
             series_description=None if "SeriesDescription" in drop else plan.description,
             patient_position=None if "PatientPosition" in drop else plan.patient_position,
             rescale=spec.rescale, uid_seed=f"{study_id}/{spec.series_id}/{number}",
+            extra=spec.look["sequence"].tags() if "sequence" in spec.look else {},
         )
-        pixels, tissue = render_slice(spine, stack, k, plan.description, spec.look, rng)
-        write_slice(folder / f"{number}.dcm", pixels, tags)
+        pixels, tissue = render_slice(spine, stack, k, plan, spec.look, rng)
+        writer.write(folder / f"{number}.dcm", pixels, tags)
         planes.append(tissue)
         numbers.append(number)
     _write_tissue(tissue_path, planes, numbers)
@@ -396,8 +441,14 @@ def _series_geometry(spec: SeriesSpec) -> dict:
     return {"description": spec.description, "stacks": len(plan.stacks), "slices": plan.n_files,
             "step_mm": plan.stacks[0].step, "rows": plan.stacks[0].rows, "cols": plan.stacks[0].cols,
             "pixel_mm": plan.stacks[0].pixel_spacing[0], "fov_mm": plan.fov_mm, "coverage": plan.coverage,
-            "rescale": spec.rescale is not None, "stir": spec.look["contrast"].get("fat", 1.0) < 0.2,
+            "rescale": spec.rescale is not None, "stir": _fat_suppressed(spec.look),
             "ghost": spec.look["ghost"] is not None, "wrap": spec.look["wrap"]}
+
+
+def _fat_suppressed(look: dict) -> bool:
+    if "sequence" in look:
+        return look["sequence"].kind in ("STIR", "T2 FS")
+    return look["contrast"].get("fat", 1.0) < 0.2
 
 
 def _unique_ids(rng: np.random.Generator, n: int, per_row: int) -> np.ndarray:
@@ -447,7 +498,8 @@ def _write_tables(out: Path, results: list[StudyResult], cfg: SynthConfig) -> No
     assert list(oracle.row_id) == row_ids  # the test studies' rows, in the sample submission's order
     oracle.to_csv(out / "oracle_submission.csv", index=False)
     truth.to_csv(out / "truth.csv", index=False)
-    pd.DataFrame([r.facts for r in results], columns=STUDY_COLUMNS).to_csv(out / "studies.csv", index=False)
+    columns = STUDY_COLUMNS + (["field_t"] if cfg.version >= 3 else [])
+    pd.DataFrame([r.facts for r in results], columns=columns).to_csv(out / "studies.csv", index=False)
 
 
 STUDY_COLUMNS = ["study_id", "split", "n_series", "series", "n_lumbar", "cobb_deg", "listhesis_level", "listhesis_mm",
@@ -457,7 +509,7 @@ STUDY_COLUMNS = ["study_id", "split", "n_series", "series", "n_lumbar", "cobb_de
 def _write_card(out: Path, results: list[StudyResult], cfg: SynthConfig, seconds: float) -> None:
     geometry = pd.DataFrame([g for r in results for g in r.geometry])
     facts = pd.DataFrame([r.facts for r in results], columns=STUDY_COLUMNS)
-    card = {"generator": "spine.synth", "generator_version": GENERATOR_VERSION, "config": asdict(cfg),
+    card = {"generator": "spine.synth", "generator_version": cfg.version, "config": asdict(cfg),
             "seconds": round(seconds, 2),
             "studies": {"train": sum(r.split == "train" for r in results),
                         "test": sum(r.split == "test" for r in results)},
