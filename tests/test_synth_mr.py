@@ -207,3 +207,11 @@ def _counts(spine: Spine, spine_points: np.ndarray) -> dict[str, int]:
     _, tissue = spine.render(spine.spine_to_world(spine_points), "Axial T2", labels=True)
     names = spine.tissue_labels
     return {name: int((tissue == i).sum()) for i, name in enumerate(names)}
+
+
+def test_the_versions_figure_draws_one_study_by_both_generators(tmp_path: Path):
+    from spine.synth.preview import main
+
+    out = tmp_path / "versions.png"
+    assert main(["versions=true", "seed=0", f"out={out}"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000

@@ -6,6 +6,10 @@ beside the thoracic bodies, hence the count of lumbar-type vertebrae). Bottom ro
 level with the subarticular points.
 Points are drawn from train_label_coordinates.csv (DICOM pixel frame: x = column, y = row), so the montage is
 also a visual check that labels sit on their structures. Works on real competition data as well.
+
+``python -m spine.synth.preview versions=true seed=0 out=versions.png``: one synthetic study (the first of that
+seed, preset small) rendered by generator version 2 (top row) and version 3 (bottom row, MR physics) with the
+same anatomy and planes: mid-sagittal T1, T2 and STIR, sagittal T1 through the left foramina, axial T2 at L4/L5.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class PreviewConfig:
     data_dir: str = "data/synth"  # RSNA-layout folder with the train split
     study_id: int = -1  # -1: the first study of train.csv
     out: str = "preview.png"  # the PNG written
+    versions: bool = False  # instead of a study of data_dir: one synthetic study by generator versions 2 and 3
+    seed: int = 0  # versions=true: the seed of the study (preset small)
 
 
 def make_preview(data_dir: str | Path, study_id: int | None = None, out: str | Path = "preview.png") -> Path:
@@ -67,6 +73,71 @@ def make_preview(data_dir: str | Path, study_id: int | None = None, out: str | P
     fig.savefig(out, dpi=60)
     plt.close(fig)
     return out
+
+
+def make_versions_figure(seed: int = 0, out: str | Path = "versions.png") -> Path:
+    """Write one study of ``seed`` (preset small) as generator version 2 and version 3 render it (the same
+    anatomy, planes and noise draws; version 3's sequences at the study's field strength); returns the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spine.cli import compose
+    from spine.synth import mr
+    from spine.synth.acquisition import render_slice
+    from spine.synth.config import SynthConfig
+    from spine.synth.generate import plan_study, study_jobs
+
+    rows = []
+    for version in (2, 3):
+        cfg = compose("synth", ["preset=small", f"seed={seed}", "n_train=1", "n_test=0", "out_dir=unused",
+                                f"version={version}"], SynthConfig)
+        _, study_id, series_ids, split, seq = study_jobs(cfg)[0]
+        plan = plan_study(cfg, study_id, series_ids, split, np.random.default_rng(seq))
+        rows.append((version, plan, _version_panels(plan, version, mr)))
+    fig, axes = plt.subplots(2, 5, figsize=(20, 8.8), facecolor="black")
+    for r, (version, plan, panels) in enumerate(rows):
+        for c, (title, spec, stack, k, look) in enumerate(panels):
+            image, _ = render_slice(plan.spine, stack, k, spec.plan, look, np.random.default_rng(c))
+            lo, hi = np.percentile(image, [0.5, 99.5])
+            axes[r, c].imshow(image, cmap="gray", vmin=lo, vmax=hi)
+            axes[r, c].set_title(f"v{version}: {title}", color="white", fontsize=10)
+            axes[r, c].axis("off")
+    field = rows[1][1].facts.get("field_t")
+    fig.suptitle(f"one study (seed {seed}), generator version 2 (top) and version 3 (bottom, MR physics, {field} T)",
+                 color="white")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=60)
+    plt.close(fig)
+    return out
+
+
+def _version_panels(plan, version: int, mr) -> list[tuple]:
+    """(title, series spec, stack, slice index, look) of the five panels of `make_versions_figure`."""
+    by_type = {s.description: s for s in reversed(plan.series)}  # the first series of each type
+    t1, t2, axial = by_type["Sagittal T1"], by_type["Sagittal T2/STIR"], by_type["Axial T2"]
+    stack = t1.plan.stacks[0]
+    foramen = plan.spine.label_point("left_neural_foraminal_narrowing", 3)
+    left = int(np.argmin(np.abs((stack.centers - foramen) @ stack.normal)))
+    si, k, *_ = axial.plan.nearest(plan.spine.disc_centre(3))
+    field = plan.facts.get("field_t", 1.5)
+    maker = mr.MANUFACTURERS[1]
+
+    def look(spec, kind: str, contrast: dict) -> dict:
+        if version < 3:
+            return {**spec.look, "contrast": contrast}
+        return {**spec.look, "sequence": mr.sample_sequence(kind, field, maker, np.random.default_rng(1))}
+
+    t2_stack = t2.plan.stacks[0]
+    t2_mid = len(t2_stack.centers) // 2
+    return [("Sagittal T1, middle", t1, stack, len(stack.centers) // 2, look(t1, "T1", {})),
+            ("Sagittal T2, middle", t2, t2_stack, t2_mid, look(t2, "T2", {"fat": 0.70, "marrow": 0.50})),
+            ("Sagittal STIR, middle", t2, t2_stack, t2_mid, look(t2, "STIR", {"fat": 0.15, "marrow": 0.30})),
+            ("Sagittal T1, L4/L5 left foramen", t1, stack, left, look(t1, "T1", {})),
+            ("Axial T2, L4/L5", axial, axial.plan.stacks[si], k, look(axial, "T2", {}))]
 
 
 def _panels(folder: Path, series: pd.DataFrame, coords: pd.DataFrame):
@@ -134,7 +205,10 @@ def _middle_instance(folder: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     cfg = compose_or_exit("preview", sys.argv[1:] if argv is None else argv, PreviewConfig, __doc__,
                           prog="python -m spine.synth.preview")
-    out = make_preview(cfg.data_dir, cfg.study_id, cfg.out)
+    if cfg.versions:
+        out = make_versions_figure(cfg.seed, cfg.out)
+    else:
+        out = make_preview(cfg.data_dir, cfg.study_id, cfg.out)
     print(f"[preview] wrote {out}")
     return 0
 
