@@ -60,13 +60,24 @@ def make_preview(data_dir: str | Path, study_id: int | None = None, out: str | P
         if image is None:
             ax.set_title(f"{title}\n(missing)", color="white", fontsize=9)
             continue
-        lo, hi = np.percentile(image, [0.5, 99.5])
-        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+        _show(ax, image, title)
         for _, p in points.iterrows():
             ax.plot(p.x, p.y, "+", color=COLOURS[p.condition], markersize=12, markeredgewidth=1.5)
-        ax.set_title(title, color="white", fontsize=9)
     fig.suptitle(f"study {study_id}: label points + yellow spinal canal, green patient left, cyan patient right",
                  color="white")
+    return _save(fig, out)
+
+
+def _show(ax, image: np.ndarray, title: str) -> None:
+    """An image windowed to its 0.5-99.5th percentiles, titled, on a black figure."""
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+    ax.set_title(title, color="white", fontsize=9)
+
+
+def _save(fig, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,19 +111,12 @@ def make_versions_figure(seed: int = 0, out: str | Path = "versions.png") -> Pat
     for r, (version, plan, panels) in enumerate(rows):
         for c, (title, spec, stack, k, look) in enumerate(panels):
             image, _ = render_slice(plan.spine, stack, k, spec.plan, look, np.random.default_rng(c))
-            lo, hi = np.percentile(image, [0.5, 99.5])
-            axes[r, c].imshow(image, cmap="gray", vmin=lo, vmax=hi)
-            axes[r, c].set_title(f"v{version}: {title}", color="white", fontsize=10)
+            _show(axes[r, c], image, f"v{version}: {title}")
             axes[r, c].axis("off")
     field = rows[1][1].facts.get("field_t")
     fig.suptitle(f"one study (seed {seed}), generator version 2 (top) and version 3 (bottom, MR physics, {field} T)",
                  color="white")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=60)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _version_panels(plan, version: int, mr) -> list[tuple]:
