@@ -77,7 +77,8 @@ def test_the_dicom_headers_carry_the_sequence_and_the_pixels_follow_it(tiny_data
         assert tr > te > 0 and int(ds.EchoTrainLength) >= 2 and float(ds.FlipAngle) > 0
         assert ds.Manufacturer in mr.MANUFACTURERS and "SK" in ds.SequenceVariant
         fields.setdefault(row.study_id, set()).add(float(ds.MagneticFieldStrength))
-        stir = "IR" in list(ds.ScanningSequence)
+        scanning = ds.ScanningSequence
+        stir = "IR" in (list(scanning) if isinstance(scanning, pydicom.multival.MultiValue) else [scanning])
         assert stir == ("InversionTime" in ds)
         if row.series_description == "Sagittal T1":
             assert tr < 1000 and te < 20 and not stir

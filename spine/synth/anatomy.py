@@ -53,6 +53,8 @@ RIB_X, RIB_A = 29.0, 9.0  # rib heads beside the thoracic bodies
 SAC_END_MM = 45.0  # the dural sac ends this far below the lowest disc (about S2)
 SACRUM_MM = 100.0  # length of the sacrum below the lowest disc
 EDGE_MM = 0.6  # width of the soft tissue boundaries (partial volume)
+_SOFT_SLOPE = 0.45  # membership = 0.5 - 0.45 sdf / edge, clipped: a ramp out to SOFT_REACH edges from a boundary
+SOFT_REACH = 0.5 / _SOFT_SLOPE
 LABELLED = len(LEVELS)  # the last five discs of the column
 
 # Relative brightness of each tissue on (sagittal T1, sagittal T2/STIR, axial T2). Series override some (fat
@@ -294,10 +296,11 @@ class Spine:
 
         ``sequence``: one of ``SEQUENCES`` (version 2: the `TISSUE_CONTRAST` table, ``contrast`` overriding some
         tissues: fat suppression, marrow; version 3: that description's `mr.typical_sequence`) or a
-        `spine.synth.mr.Sequence` (version 3: each tissue's signal from the sequence's equation). ``edge_mm``: the width parameter of the soft tissue boundaries (partial volume
-        in the image plane; about a pixel / 2.2 for a linear ramp one pixel wide). ``profile``: (unit normal
-        (3,) world, offsets mm): the brightness is the mean over the planes shifted by each offset along the
-        normal (the slice profile integrated); the trunk's large muscles and fat are taken at the points
+        `spine.synth.mr.Sequence` (version 3: each tissue's signal from the sequence's equation). ``edge_mm``: the
+        width parameter of the soft tissue boundaries (partial volume in the image plane, world mm; about a pixel
+        / 2.2 for a linear ramp one pixel wide). ``profile``: (unit normal (3,) world, offsets world mm): the
+        brightness is the mean over the planes shifted by each offset along the normal (the slice profile
+        integrated); the trunk's large muscles and fat are taken at the points
         themselves, the column's tissues on every plane. ``labels=True`` also returns the tissue at each point
         (uint8 index into `tissue_labels`: the last tissue painted whose signed distance is negative there, the
         same shapes in the same order as the brightness), at the points themselves."""
@@ -322,15 +325,18 @@ class Spine:
             self._render_column(column, x[near], a[near], t[near])
             canvas.put(near, column)
             if profile is not None and len(profile[1]) > 1:
-                canvas.img[near] = self._integrate(column, under, world[near], *profile)
+                canvas.img[near] = self._integrate(column, under, world[near], a[near], *profile)
         return (canvas.img, canvas.tissue) if labels else canvas.img
 
-    def _integrate(self, column: _Canvas, under: np.ndarray, world: np.ndarray, normal: np.ndarray,
+    def _integrate(self, column: _Canvas, under: np.ndarray, world: np.ndarray, a: np.ndarray, normal: np.ndarray,
                    offsets: tuple[float, ...]) -> np.ndarray:
-        """The column's brightness averaged over the planes at ``offsets`` (mm) along ``normal``. Points farther
-        than the largest offset from every boundary painted on the centre plane (``column.boundary``, a lower
-        bound of the distance in spine mm) keep the centre's value: nothing changes within their reach."""
-        reach = max(abs(o) for o in offsets) / self.scale * 1.1 + 1.2 * column.edge  # the soft edge: 1.11 edge
+        """The column's brightness averaged over the planes at ``offsets`` (world mm) along ``normal``. Points
+        farther than the largest offset from every boundary painted on the centre plane (``column.boundary``, a
+        lower bound of the distance in spine mm) keep the centre's value: nothing changes within their reach. A
+        world offset spans up to r / (r - a) / scale spine mm behind the centreline (the lordotic arc's radius
+        r), so the reach is taken per point; the marrow texture is slow enough (12-30 mm) to ignore."""
+        stretch = self.radius / (self.radius - np.clip(a, 0.0, 0.8 * self.radius))
+        reach = max(abs(o) for o in offsets) / self.scale * 1.05 * stretch + SOFT_REACH * column.edge
         mixed = column.boundary < reach
         total = column.img.copy()
         if mixed.any():
@@ -374,7 +380,7 @@ class Spine:
         if not region.any():
             return
         whole, canvas = canvas, canvas.part(region)
-        x, a, t = x[region], a[region], t[region]
+        x, a, t, trunk = x[region], a[region], t[region], trunk[region]
         top = self.disc_t[-LABELLED - 1]
         grow = np.clip((top - t) / max(top - self.disc_t[-1], 1.0), 0.0, 1.0)  # 0 at T12/L1, 1 at L5/S1
         in_range = np.maximum(t - top - 10.0, (self.disc_t[-1] - 40.0) - t)
@@ -384,7 +390,8 @@ class Spine:
             psoas = np.maximum(psoas, in_range)
             canvas.paint(psoas - 1.2, "fat")
             canvas.paint(psoas, "muscle")
-            erector = _ellipse_sdf(side * x - 24.0, a - (CANAL_A + 38.0), 20.0, 24.0)
+            erector = np.maximum(_ellipse_sdf(side * x - 24.0, a - (CANAL_A + 38.0), 20.0, 24.0),
+                                 trunk + 14.0)  # under the subcutaneous fat
             canvas.paint(erector - 1.2, "fat")
             canvas.paint(erector, "muscle")
         whole.put(region, canvas)
@@ -448,7 +455,7 @@ class Spine:
         sac = np.maximum(sac, (lowest - SAC_END_MM) - t)
         canvas.paint(sac, "csf")
         if v3:
-            self._paint_sac_contents(canvas, x, a, t, u, sac, front, back)
+            self._paint_sac_contents(canvas, x, a, t, u, sac, front, back, n)
         # vertebral bodies from above the column down through the sacrum (wider at the alae, tapering)
         below = np.clip((lowest - t) / SACRUM_MM, 0.0, 1.0)
         in_column = np.maximum(t - self.disc_t[0] - 30.0, (lowest - SACRUM_MM) - t)
@@ -490,16 +497,17 @@ class Spine:
             canvas.paint(rib, "cortical" if v3 else "bone", label="rib")
             canvas.paint(rib + 1.2, "marrow", marrow, label="rib")  # rim, marrow
 
-    def _paint_sac_contents(self, canvas: _Canvas, x, a, t, u, sac, front, back) -> None:
+    def _paint_sac_contents(self, canvas: _Canvas, x, a, t, u, sac, front, back, n: dict) -> None:
         """Version 3: the cord above L1 (tapering into the conus), the cauda equina below it, and a traversing root
         in each lateral recess, all inside the thecal sac. The canal narrowing moves the roots together with the
         sac's walls (front and back), so a tight canal is filled by roots: the CSF around them is effaced; a
         narrowed recess closes on its traversing root."""
-        inside = sac < 1.5
+        inside = sac < SOFT_REACH * canvas.edge + 0.05  # every content lies inside the sac, its soft edge this far
         if not inside.any():
             return
         x, a, t, u, sac = x[inside], a[inside], t[inside], u[inside], sac[inside]
         front, back = np.broadcast_to(front, inside.shape)[inside], np.broadcast_to(back, inside.shape)[inside]
+        n = {c: np.broadcast_to(v, inside.shape)[inside] for c, v in n.items()}
         depth = CANAL_HALF_DEPTH - 1.0
         squeeze = np.clip(1.0 - (front + back) / (2.0 * depth), 0.15, 1.0)  # the sac's remaining share of depth
         centre = CANAL_A + (front - back) / 2
@@ -511,12 +519,15 @@ class Spine:
             root = _ellipse_sdf(x - dx, a - (centre + da * squeeze), 1.1, 1.1)
             roots = np.minimum(roots, root)
         roots = np.maximum(roots, t - conus - 8.0)  # the cauda equina begins at the conus
-        traversing = np.minimum(*(_ellipse_sdf(side * x - (RECESS_X + 0.5), a - RECESS_A, 1.4, 1.4)
-                                  for side in (1.0, -1.0)))  # in the lateral recesses, past each disc
         part = canvas.part(inside)
         part.paint(np.maximum(np.maximum(cord, sac), conus - t), "cord")
         part.paint(np.maximum(roots, sac), "cauda")
-        part.paint(np.maximum(traversing, sac), "nerve")
+        for side, name in ((1.0, "left"), (-1.0, "right")):  # the traversing roots in the lateral recesses: a
+            # narrowed recess flattens its root against the facet and the ligament (up to 1 mm beyond the sac)
+            squeeze = n[f"{name}_subarticular_stenosis"] * np.clip(1.0 - (u / 9.0) ** 2, 0.0, 1.0)
+            root = _ellipse_sdf(side * x - (RECESS_X + 0.5), a - RECESS_A, 1.4 * (1.0 - 0.5 * squeeze),
+                                1.4 * (1.0 + 0.3 * squeeze))
+            part.paint(np.maximum(root, sac - 1.0), "nerve")
         canvas.put(inside, part)
 
     def _nearest_disc(self, t: np.ndarray) -> np.ndarray:
@@ -623,22 +634,12 @@ def _paint(image: np.ndarray, inside_sdf: np.ndarray, bright: float | np.ndarray
 def _ellipse_sdf(dx: np.ndarray, dy: np.ndarray, rx, ry) -> np.ndarray:
     """Approximate signed distance (mm, < 0 inside) to an axis-aligned ellipse with semi-axes rx, ry."""
     radius = np.minimum(rx, ry)
-    if np.ndim(rx) or np.ndim(ry) or not isinstance(dx, np.ndarray) or dx.dtype != np.float32:
-        return (np.sqrt((dx / rx) ** 2 + (dy / ry) ** 2) - 1.0) * radius
-    q = dx * np.float32(1.0 / rx)  # the same value in fewer temporary arrays (float32, scalar semi-axes)
-    q *= q
-    r = dy * np.float32(1.0 / ry)
-    r *= r
-    q += r
-    np.sqrt(q, out=q)
-    q -= np.float32(1.0)
-    q *= np.float32(radius)
-    return q
+    return (np.sqrt((dx / rx) ** 2 + (dy / ry) ** 2) - 1.0) * radius
 
 
 def _soft(sdf: np.ndarray, edge: float) -> np.ndarray:
-    """Membership in [0, 1] from a signed distance: a linear edge about 2 `edge` mm wide (partial volume)."""
-    weight = sdf * (0.45 / edge)  # the same numbers as clip(0.5 - sdf * (0.45 / edge), 0, 1), fewer temporaries
+    """Membership in [0, 1] from a signed distance: a linear edge 2 SOFT_REACH `edge` mm wide (partial volume)."""
+    weight = np.asarray(sdf) * (_SOFT_SLOPE / edge)  # = clip(0.5 - sdf * slope / edge, 0, 1), fewer temporaries
     np.subtract(0.5, weight, out=weight)
     return np.clip(weight, 0.0, 1.0, out=weight)
 

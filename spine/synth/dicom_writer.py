@@ -61,7 +61,7 @@ class SeriesWriter:
 
     def __init__(self) -> None:
         self._ds: FileDataset | None = None
-        self._common: tuple | None = None
+        self._common: list | None = None
 
     def write(self, path: str | Path, pixels: np.ndarray, tags: SliceTags) -> None:
         if pixels.ndim != 2 or pixels.dtype not in (np.uint16, np.int16):
@@ -70,8 +70,8 @@ class SeriesWriter:
         _write(path, ds, pixels, tags)
 
     def _dataset(self, tags: SliceTags) -> FileDataset:
-        common = tuple((f, repr(getattr(tags, f))) for f in SliceTags.__dataclass_fields__ if f not in _PER_SLICE)
-        common += tuple((f, getattr(tags, f) is None) for f in _PER_SLICE)  # a tag present or absent
+        common = [getattr(tags, f) for f in SliceTags.__dataclass_fields__ if f not in _PER_SLICE]
+        common += [getattr(tags, f) is None for f in _PER_SLICE]  # a tag present or absent
         if self._ds is None or common != self._common or tags.uid_seed is None:
             self._ds, self._common = _dataset(tags), common
             return self._ds
@@ -80,9 +80,9 @@ class SeriesWriter:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
         ds.InstanceNumber = int(tags.instance_number)
         if tags.image_position is not None:
-            ds.ImagePositionPatient = [_ds(v) for v in tags.image_position]
+            ds.ImagePositionPatient = [decimal_string(v) for v in tags.image_position]
         if tags.slice_location is not None:
-            ds.SliceLocation = _ds(tags.slice_location)
+            ds.SliceLocation = decimal_string(tags.slice_location)
         return ds
 
 
@@ -114,29 +114,29 @@ def _dataset(tags: SliceTags) -> FileDataset:
     ds.PatientID = str(tags.study_id)
     ds.ContentDate = datetime.date(2024, 1, 1).strftime("%Y%m%d")
     ds.BodyPartExamined = "LSPINE"
-    ds.PixelSpacing = [_ds(v) for v in tags.pixel_spacing]
+    ds.PixelSpacing = [decimal_string(v) for v in tags.pixel_spacing]
     if tags.image_position is not None:
-        ds.ImagePositionPatient = [_ds(v) for v in tags.image_position]
+        ds.ImagePositionPatient = [decimal_string(v) for v in tags.image_position]
     if tags.image_orientation is not None:
-        ds.ImageOrientationPatient = [_ds(v, 8) for v in tags.image_orientation]
+        ds.ImageOrientationPatient = [decimal_string(v, 8) for v in tags.image_orientation]
     if tags.slice_thickness is not None:
-        ds.SliceThickness = _ds(tags.slice_thickness)
+        ds.SliceThickness = decimal_string(tags.slice_thickness)
     if tags.spacing_between_slices is not None:
-        ds.SpacingBetweenSlices = _ds(tags.spacing_between_slices)
+        ds.SpacingBetweenSlices = decimal_string(tags.spacing_between_slices)
     if tags.slice_location is not None:
-        ds.SliceLocation = _ds(tags.slice_location)
+        ds.SliceLocation = decimal_string(tags.slice_location)
     if tags.series_description is not None:
         ds.SeriesDescription = tags.series_description
     if tags.patient_position is not None:
         ds.PatientPosition = tags.patient_position
     if tags.rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = (_ds(v) for v in tags.rescale)
+        ds.RescaleSlope, ds.RescaleIntercept = (decimal_string(v) for v in tags.rescale)
     for keyword, value in tags.extra.items():
         setattr(ds, keyword, value)
     return ds
 
 
-def _ds(value: float, digits: int = 6) -> str:
+def decimal_string(value: float, digits: int = 6) -> str:
     """A Decimal String value: DS holds at most 16 characters, so round before pydicom formats it."""
     text = f"{float(value):.{digits}f}".rstrip("0").rstrip(".")
     return text if text not in ("-0", "") else "0"

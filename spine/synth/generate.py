@@ -36,18 +36,17 @@ from spine.procs import worker_pool
 from spine.synth import labels as label_model
 from spine.synth import mr
 from spine.synth.acquisition import SeriesPlan, plan_axial, plan_sagittal, render_slice
-from spine.synth.anatomy import LABELLED, Spine, tissue_labels
+from spine.synth.anatomy import LABELLED, N_CAUDA_ROOTS, Spine, tissue_labels
 from spine.synth.config import SynthConfig
 from spine.synth.dicom_writer import SeriesWriter, SliceTags
 
-GENERATOR_VERSION = 3  # the default (SynthConfig.version), recorded in dataset.json: numbers measured on different
+GENERATOR_VERSION = SynthConfig.version  # the default, recorded in dataset.json: numbers measured on different
 # versions are not comparable; version 2 stays selectable (version=2) and writes the same bytes as before
 # Intensity scale (gain) ranges of three scanner vendors and how common each is: stored values from hundreds to
 # several thousands.
 VENDOR_GAINS = ((350.0, 900.0), (900.0, 2500.0), (2500.0, 6000.0))
 VENDOR_WEIGHTS = (0.35, 0.4, 0.25)
 N_DISCS = 12  # discs modelled per spine: the five labelled ones and seven above them
-N_CAUDA = 10  # version 3: roots of the cauda equina drawn in the thecal sac
 SERIES_IDS = 5  # series ids drawn per study (at most five series)
 TISSUE_DIR = "tissue"  # tissue/{study}/{series}.npz and tissue/labels.json: the tissue truth of every series
 OPTIONAL_TAGS = ("SliceThickness", "SliceLocation", "SpacingBetweenSlices", "SeriesDescription", "PatientPosition")
@@ -153,7 +152,7 @@ def plan_study(cfg: SynthConfig, study_id: int, series_ids: list[int], split: st
     narrowing = label_model.sample_narrowing(rng)
     # what only version 3 draws comes from a stream of its own: the studies' geometry, grades, labels and points
     # are those of version 2 for a seed, only the images differ
-    physics = rng.spawn(1)[0] if cfg.version >= 3 else None
+    physics = physics_stream(rng) if cfg.version >= 3 else None
     spine, facts = _sample_spine(narrowing, rng, cfg, physics)
     grades = {c: label_model.read_label(narrowing[c], cfg.label_noise, rng) for c in CONDITIONS}
     layout = _series_layout(rng, cfg)
@@ -191,6 +190,13 @@ def plan_study(cfg: SynthConfig, study_id: int, series_ids: list[int], split: st
                                 for s in specs if s.description == "Axial T2"),
         missing_labels=sum(v is None for k, v in labels.items() if k != "study_id"))
     return StudyPlan(study_id, split, spine, specs, labels, coordinates, narrowing, facts)
+
+
+def physics_stream(rng: np.random.Generator) -> np.random.Generator:
+    """The random stream of what only version 3 draws for a study: a child of the study's seed sequence with a
+    fixed key (not `Generator.spawn`, whose counter would give another child each time a study is planned)."""
+    seed = rng.bit_generator.seed_seq
+    return np.random.default_rng(np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, 0)))
 
 
 def _sample_spine(narrowing: dict[str, np.ndarray], rng: np.random.Generator, cfg: SynthConfig,
@@ -251,17 +257,19 @@ def _sample_tissue(spine: Spine, narrowing: dict[str, np.ndarray], rng: np.rando
     degeneration, where the roots of the cauda equina lie)."""
     spine.version = 3
     spine.marrow_fat = float(rng.uniform(0.25, 0.6))  # adult lumbar marrow: about 30-50 % fat
-    n_waves = 4  # a smooth texture of 5-10 points of fat fraction (the spread within a vertebra)
+    # a smooth texture of 5-10 points of fat fraction (the spread within a vertebra), wavelengths 12-30 mm: slow
+    # enough that a slice's thickness averages little of it (the slice profile is integrated near boundaries only)
+    n_waves = 4
     direction = rng.normal(size=(n_waves, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    frequency = 1.0 / rng.uniform(6.0, 25.0, n_waves)  # wavelengths 6-25 mm
+    frequency = 1.0 / rng.uniform(12.0, 30.0, n_waves)
     spine.marrow_waves = np.c_[direction * frequency[:, None], rng.uniform(0, 2 * np.pi, n_waves),
                                rng.uniform(0.03, 0.07, n_waves)]
     degeneration = rng.uniform(0.0, 0.25, N_DISCS)  # the nucleus' T2 loss follows the canal narrowing, with nuisance
     degeneration[-LABELLED:] += 0.8 * narrowing["spinal_canal_stenosis"]
     spine.degeneration = np.clip(degeneration, 0.0, 1.0)
     # roots layered in the dorsal half of the sac (supine), two loose rows
-    spine.cauda = np.c_[rng.uniform(-6.5, 6.5, N_CAUDA), rng.uniform(-1.0, 4.5, N_CAUDA)]
+    spine.cauda = np.c_[rng.uniform(-6.5, 6.5, N_CAUDA_ROOTS), rng.uniform(-1.0, 4.5, N_CAUDA_ROOTS)]
 
 
 def _rotation(ax: float, ay: float, az: float) -> np.ndarray:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spine.synth.dicom_writer import decimal_string
+
 # tissue -> (proton density, T1 at 1.5 T, T2 at 1.5 T, T1 at 3 T, T2 at 3 T), ms, rounded from the literature;
 # docs/synthetic.md gives the source of each row (and which are estimates)
 TISSUES: dict[str, tuple[float, float, float, float, float]] = {
@@ -103,18 +105,19 @@ class Sequence:
         return {tissue: value * scale for tissue, value in self.raw_values().items()}
 
     def tags(self) -> dict[str, object]:
-        """The DICOM keywords a scanner writes for this sequence (besides the geometry)."""
-        stir = self.ti is not None
+        """The DICOM keywords a scanner writes for this sequence (besides the geometry), in Siemens' convention
+        for every vendor: turbo spin echo ``SE`` / ``SK\\SP\\OSP``; STIR ``SE\\IR`` / ``SK\\SP\\MP\\OSP`` with
+        ScanOptions ``IR`` (what Siemens writes; not a defined term of the standard); spectral fat saturation
+        ScanOptions ``FS``."""
         tags: dict[str, object] = {
-            "ScanningSequence": ["SE", "IR"] if stir else "SE",
-            "SequenceVariant": ["SK", "SP", "MP"] if stir else ["SK", "SP"],
-            "RepetitionTime": _ds(self.tr), "EchoTime": _ds(self.te), "EchoTrainLength": int(self.etl),
-            "FlipAngle": _ds(self.flip), "MagneticFieldStrength": _ds(self.field_t), "Manufacturer": self.manufacturer,
+            "ScanningSequence": "SE", "SequenceVariant": ["SK", "SP", "OSP"],
+            "RepetitionTime": decimal_string(self.tr, 3), "EchoTime": decimal_string(self.te, 3),
+            "EchoTrainLength": int(self.etl), "FlipAngle": decimal_string(self.flip, 3),
+            "MagneticFieldStrength": decimal_string(self.field_t, 3), "Manufacturer": self.manufacturer,
         }
-        if stir:
-            tags["InversionTime"] = _ds(self.ti)
-        if stir:
-            tags["ScanOptions"] = "IR"
+        if self.ti is not None:
+            tags.update(ScanningSequence=["SE", "IR"], SequenceVariant=["SK", "SP", "MP", "OSP"], ScanOptions="IR",
+                        InversionTime=decimal_string(self.ti, 3))
         elif self.fat_residual < 1:
             tags["ScanOptions"] = "FS"
         return tags
@@ -147,9 +150,3 @@ def sample_sequence(kind: str, field_t: float, manufacturer: str, rng: np.random
     residual = rng.uniform(0.03, 0.12) if kind == "T2 FS" else 1.0
     return Sequence(kind, field_t, rng.uniform(2500, 4500), rng.uniform(85, 120), etl=int(rng.integers(12, 28)),
                     flip=flip, fat_residual=residual, manufacturer=manufacturer)
-
-
-def _ds(value: float) -> str:
-    """A DICOM Decimal String (at most 16 characters)."""
-    text = f"{float(value):.3f}".rstrip("0").rstrip(".")
-    return text or "0"

@@ -24,6 +24,7 @@ import pydicom
 
 from spine.cli import compose_or_exit
 from spine.constants import LEVEL_NAMES
+from spine.errors import InputError, command
 
 COLOURS = {"Spinal Canal Stenosis": "yellow", "Left Neural Foraminal Narrowing": "lime",
            "Right Neural Foraminal Narrowing": "cyan", "Left Subarticular Stenosis": "lime",
@@ -122,6 +123,8 @@ def make_versions_figure(seed: int = 0, out: str | Path = "versions.png") -> Pat
 def _version_panels(plan, version: int, mr) -> list[tuple]:
     """(title, series spec, stack, slice index, look) of the five panels of `make_versions_figure`."""
     by_type = {s.description: s for s in reversed(plan.series)}  # the first series of each type
+    if len(by_type) < 3:
+        raise InputError(f"study {plan.study_id} has only {', '.join(by_type)}: take another seed")
     t1, t2, axial = by_type["Sagittal T1"], by_type["Sagittal T2/STIR"], by_type["Axial T2"]
     stack = t1.plan.stacks[0]
     foramen = plan.spine.label_point("left_neural_foraminal_narrowing", 3)
@@ -206,6 +209,7 @@ def _middle_instance(folder: Path) -> int:
     return int(stack.instance_numbers[stack.n_slices // 2])
 
 
+@command("preview")
 def main(argv: list[str] | None = None) -> int:
     cfg = compose_or_exit("preview", sys.argv[1:] if argv is None else argv, PreviewConfig, __doc__,
                           prog="python -m spine.synth.preview")
