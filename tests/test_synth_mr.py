@@ -169,6 +169,26 @@ def test_version_2_stays_selectable(tmp_path: Path):
     assert "RepetitionTime" not in pydicom.dcmread(first, stop_before_pixels=True)
 
 
+# the tiny preset's first train and test study (seed 0) by version 2 before version 3 existed (commit 380d256):
+# the SHA-256 of every file's PixelData and every table. Float rendering may differ in the last bit with another
+# numpy, so the check runs with the numpy it was recorded with.
+V2_FINGERPRINT = ("2.4.6", "d4836a244b0171adf2d2b7ccaa6f5f2ad53e9a6e6472fb2d22823c697292af5f")
+
+
+def test_version_2_writes_the_images_it_always_wrote(tmp_path: Path):
+    if np.__version__ != V2_FINGERPRINT[0]:
+        pytest.skip(f"fingerprint recorded with numpy {V2_FINGERPRINT[0]}, this is {np.__version__}")
+    import hashlib
+
+    out = make_synth(tmp_path / "v2", "version=2", "n_train=1", "n_test=1")
+    digest = hashlib.sha256()
+    for path in sorted(out.rglob("*")):
+        if path.suffix in (".dcm", ".csv"):
+            digest.update(path.relative_to(out).as_posix().encode())
+            digest.update(pydicom.dcmread(path).PixelData if path.suffix == ".dcm" else path.read_bytes())
+    assert digest.hexdigest() == V2_FINGERPRINT[1]
+
+
 # ------------------------------------------------------------------------------------------- helpers
 def _spine(**narrowing: float) -> Spine:
     """An average version-3 spine in the canonical pose, every level open but the given ones at L3/L4."""
