@@ -37,6 +37,7 @@ import numpy as np
 
 from spine.constants import CONDITIONS, LEVELS
 from spine.synth import mr
+from spine.synth.canvas import SOFT_REACH, Canvas, ellipse_sdf
 
 # Dimensions of the average study, mm, before the study's scale.
 BODY_HALF_WIDTH, BODY_HALF_DEPTH = 22.0, 16.0  # vertebral body cross-section (x, a)
@@ -53,8 +54,6 @@ RIB_X, RIB_A = 29.0, 9.0  # rib heads beside the thoracic bodies
 SAC_END_MM = 45.0  # the dural sac ends this far below the lowest disc (about S2)
 SACRUM_MM = 100.0  # length of the sacrum below the lowest disc
 EDGE_MM = 0.6  # width of the soft tissue boundaries (partial volume)
-_SOFT_SLOPE = 0.45  # membership = 0.5 - 0.45 sdf / edge, clipped: a ramp out to SOFT_REACH edges from a boundary
-SOFT_REACH = 0.5 / _SOFT_SLOPE
 LABELLED = len(LEVELS)  # the last five discs of the column
 
 # Relative brightness of each tissue on (sagittal T1, sagittal T2/STIR, axial T2). Series override some (fat
@@ -306,9 +305,9 @@ class Spine:
         same shapes in the same order as the brightness), at the points themselves."""
         world = np.asarray(world, dtype=np.float32)
         x, a, t = np.moveaxis(self.world_to_spine(world), -1, 0)
-        canvas = _Canvas(np.zeros_like(x), self._tissue_values(sequence, contrast), edge_mm / self.scale,
+        canvas = Canvas(np.zeros_like(x), self._tissue_values(sequence, contrast), edge_mm / self.scale,
                          self.tissue_labels, _LABEL_OF_V3 if self.version >= 3 else _LABEL_OF, labels)
-        trunk = _ellipse_sdf(x, a + 45.0, 165.0, 125.0)
+        trunk = ellipse_sdf(x, a + 45.0, 165.0, 125.0)
         canvas.paint(trunk, "fat")
         canvas.paint(trunk + 14.0, "muscle")  # inside 14 mm subcutaneous fat
         if self.version >= 3:
@@ -328,7 +327,7 @@ class Spine:
                 canvas.img[near] = self._integrate(column, under, world[near], a[near], *profile)
         return (canvas.img, canvas.tissue) if labels else canvas.img
 
-    def _integrate(self, column: _Canvas, under: np.ndarray, world: np.ndarray, a: np.ndarray, normal: np.ndarray,
+    def _integrate(self, column: Canvas, under: np.ndarray, world: np.ndarray, a: np.ndarray, normal: np.ndarray,
                    offsets: tuple[float, ...]) -> np.ndarray:
         """The column's brightness averaged over the planes at ``offsets`` (world mm) along ``normal``. Points
         farther than the largest offset from every boundary painted on the centre plane (``column.boundary``, a
@@ -344,7 +343,7 @@ class Spine:
             normal = np.asarray(normal, dtype=np.float32)
             shifted = np.concatenate([world[mixed] + np.float32(o) * normal for o in others])
             sx, sa, st = np.moveaxis(self.world_to_spine(shifted), -1, 0)
-            plane = _Canvas(np.tile(under[mixed], len(others)), column.value, column.edge, column.names,
+            plane = Canvas(np.tile(under[mixed], len(others)), column.value, column.edge, column.names,
                             column.label_of, False)
             self._render_column(plane, sx, sa, st)
             sums = plane.img.reshape(len(others), -1).sum(axis=0)
@@ -372,10 +371,10 @@ class Spine:
                      nucleus_scale=sequence.scale, sequence=sequence)
         return value
 
-    def _paint_trunk(self, canvas: _Canvas, x, a, t, trunk) -> None:
+    def _paint_trunk(self, canvas: Canvas, x, a, t, trunk) -> None:
         """Version 3: the abdominal contents in front of the spine behind a muscular wall, the psoas muscles
         beside the lumbar bodies (growing toward the sacrum) in a thin fat plane, the paraspinal muscles."""
-        canvas.paint(np.maximum(trunk + 20.0, _ellipse_sdf(x, a + 78.0, 125.0, 62.0)), "viscera")
+        canvas.paint(np.maximum(trunk + 20.0, ellipse_sdf(x, a + 78.0, 125.0, 62.0)), "viscera")
         region = (np.abs(x) < 60.0) & (a > -24.0) & (a < 93.0)  # where the psoas and paraspinal muscles lie
         if not region.any():
             return
@@ -385,12 +384,12 @@ class Spine:
         grow = np.clip((top - t) / max(top - self.disc_t[-1], 1.0), 0.0, 1.0)  # 0 at T12/L1, 1 at L5/S1
         in_range = np.maximum(t - top - 10.0, (self.disc_t[-1] - 40.0) - t)
         for side in (1.0, -1.0):
-            psoas = _ellipse_sdf(side * x - (BODY_HALF_WIDTH + 8.0 + 8.0 * grow), a + 2.0 - 6.0 * grow,
+            psoas = ellipse_sdf(side * x - (BODY_HALF_WIDTH + 8.0 + 8.0 * grow), a + 2.0 - 6.0 * grow,
                                  6.0 + 10.0 * grow, 6.0 + 8.0 * grow)
             psoas = np.maximum(psoas, in_range)
             canvas.paint(psoas - 1.2, "fat")
             canvas.paint(psoas, "muscle")
-            erector = np.maximum(_ellipse_sdf(side * x - 24.0, a - (CANAL_A + 38.0), 20.0, 24.0),
+            erector = np.maximum(ellipse_sdf(side * x - 24.0, a - (CANAL_A + 38.0), 20.0, 24.0),
                                  trunk + 14.0)  # under the subcutaneous fat
             canvas.paint(erector - 1.2, "fat")
             canvas.paint(erector, "muscle")
@@ -415,7 +414,7 @@ class Spine:
 
         return at
 
-    def _bone(self, canvas: _Canvas, sdf, marrow, label: str | None = None) -> None:
+    def _bone(self, canvas: Canvas, sdf, marrow, label: str | None = None) -> None:
         """Bone: version 2 one tissue; version 3 a cortex about 1 mm thick around marrow."""
         if self.version < 3:
             canvas.paint(sdf, "bone", label=label)
@@ -423,7 +422,7 @@ class Spine:
         canvas.paint(sdf, "cortical")
         canvas.paint(sdf + 1.0, "marrow", marrow, label=label or "posterior_elements")
 
-    def _render_column(self, canvas: _Canvas, x, a, t) -> None:
+    def _render_column(self, canvas: Canvas, x, a, t) -> None:
         """The column's tissues painted over the canvas (the points near the column)."""
         v3 = self.version >= 3
         value = canvas.value
@@ -435,7 +434,7 @@ class Spine:
         marrow = self._marrow(value, x, a, t)
 
         self._bone(canvas, _posterior_elements_sdf(x, a, u, v3), marrow)
-        epidural = _ellipse_sdf(x, a - CANAL_A, CANAL_HALF_WIDTH, CANAL_HALF_DEPTH)
+        epidural = ellipse_sdf(x, a - CANAL_A, CANAL_HALF_WIDTH, CANAL_HALF_DEPTH)
         canvas.paint(epidural, "fat", label="epidural_fat")
         # ligamentum flavum: a thin band behind the sac, thickened at the disc by its share of the narrowing
         bump = np.exp(-((u / 7.0) ** 2) - (x / 10.0) ** 2)
@@ -443,7 +442,7 @@ class Spine:
         canvas.paint(np.maximum(epidural, CANAL_A + CANAL_HALF_DEPTH - 2.5 - back - a), "ligament")
         for side, name in ((1.0, "left"), (-1.0, "right")):
             grow = (1.0 - self.facet_share[0 if side > 0 else 1][level]) * n[f"{name}_subarticular_stenosis"]
-            lateral = _ellipse_sdf(side * x - (RECESS_X - 1.0), a - (RECESS_A + 4.5), 1.5 + 3.0 * grow,
+            lateral = ellipse_sdf(side * x - (RECESS_X - 1.0), a - (RECESS_A + 4.5), 1.5 + 3.0 * grow,
                                    1.2 + 2.5 * grow)
             canvas.paint(np.maximum(lateral, np.abs(u) - 9.0), "ligament")
         # disc material in front of the sac where the disc bulges (or the body below a slip steps) into it
@@ -459,7 +458,7 @@ class Spine:
         # vertebral bodies from above the column down through the sacrum (wider at the alae, tapering)
         below = np.clip((lowest - t) / SACRUM_MM, 0.0, 1.0)
         in_column = np.maximum(t - self.disc_t[0] - 30.0, (lowest - SACRUM_MM) - t)
-        body = _ellipse_sdf(x, a + 1.0 + 8.0 * below, BODY_HALF_WIDTH + 20.0 * np.clip(4.0 * below, 0.0, 1.0),
+        body = ellipse_sdf(x, a + 1.0 + 8.0 * below, BODY_HALF_WIDTH + 20.0 * np.clip(4.0 * below, 0.0, 1.0),
                             BODY_HALF_DEPTH * (1.0 - 0.45 * below))
         if v3:  # the cortex around the body and the endplates at each disc
             height = self.disc_height[level]
@@ -469,35 +468,35 @@ class Spine:
             canvas.paint(np.maximum(bone + 1.0, -endplate), "marrow", marrow)
         else:
             canvas.paint(np.maximum(body, in_column), "marrow")
-        disc = np.maximum(_ellipse_sdf(x, a + 1.0, BODY_HALF_WIDTH + 1.5, BODY_HALF_DEPTH + 1.0),
+        disc = np.maximum(ellipse_sdf(x, a + 1.0, BODY_HALF_WIDTH + 1.5, BODY_HALF_DEPTH + 1.0),
                           np.abs(u) - self.disc_height[level] / 2)
         canvas.paint(disc, "disc", disc_value)
         if v3:  # the nucleus: the inner part of the disc, its T2 signal lost with degeneration
-            nucleus = np.maximum(_ellipse_sdf(x, a + 0.5, 0.55 * BODY_HALF_WIDTH, 0.5 * BODY_HALF_DEPTH),
+            nucleus = np.maximum(ellipse_sdf(x, a + 0.5, 0.55 * BODY_HALF_WIDTH, 0.5 * BODY_HALF_DEPTH),
                                  np.abs(u) - 0.3 * self.disc_height[level])
             bright = value["nucleus_scale"] * value["sequence"].nucleus(self.degeneration[level])
             canvas.paint(nucleus, "nucleus", bright.astype(np.float32))
         if self.sacral_disc > 0:  # rudimentary S1/S2 disc: thin, smaller, dark
             us = t - (lowest - 0.8 * (self.disc_t[-2] - lowest))
-            remnant = np.maximum(_ellipse_sdf(x, a + 3.0, BODY_HALF_WIDTH - 6.0, BODY_HALF_DEPTH - 5.0),
+            remnant = np.maximum(ellipse_sdf(x, a + 3.0, BODY_HALF_WIDTH - 6.0, BODY_HALF_DEPTH - 5.0),
                                  np.abs(us) - self.sacral_disc / 2)
             canvas.paint(remnant, "disc", 0.6 * value["disc"])
         for side, name in ((1.0, "left"), (-1.0, "right")):
             self._paint_foramen(canvas, side * x, a, u, n[f"{name}_neural_foraminal_narrowing"], v3)
             share = self.facet_share[0 if side > 0 else 1][level]
             radius = 3.5 * (1.0 + 0.9 * share * n[f"{name}_subarticular_stenosis"])
-            facet = _ellipse_sdf(side * x - FACET_X, a - FACET_A, radius, radius)
+            facet = ellipse_sdf(side * x - FACET_X, a - FACET_A, radius, radius)
             self._bone(canvas, np.maximum(facet, np.abs(u) - 8.0), marrow)
         vertebra = np.searchsorted(-self.disc_t, -t)  # 0 above the top disc, k between discs k-1 and k
         ribbed = self._ribbed[vertebra]
         if ribbed.any():
-            rib = np.maximum(_ellipse_sdf(np.abs(x) - RIB_X, a - RIB_A, 7.0, 5.0),
+            rib = np.maximum(ellipse_sdf(np.abs(x) - RIB_X, a - RIB_A, 7.0, 5.0),
                              np.abs(t - self._vertebra_mid[vertebra]) - 7.0)
             rib = np.where(ribbed, rib, 1e3)
             canvas.paint(rib, "cortical" if v3 else "bone", label="rib")
             canvas.paint(rib + 1.2, "marrow", marrow, label="rib")  # rim, marrow
 
-    def _paint_sac_contents(self, canvas: _Canvas, x, a, t, u, sac, front, back, n: dict) -> None:
+    def _paint_sac_contents(self, canvas: Canvas, x, a, t, u, sac, front, back, n: dict) -> None:
         """Version 3: the cord above L1 (tapering into the conus), the cauda equina below it, and a traversing root
         in each lateral recess, all inside the thecal sac. The canal narrowing moves the roots together with the
         sac's walls (front and back), so a tight canal is filled by roots: the CSF around them is effaced; a
@@ -513,10 +512,10 @@ class Spine:
         centre = CANAL_A + (front - back) / 2
         conus = self.labelled_t[0] + 8.0  # the cord ends at about the L1/L2 disc
         taper = np.clip((t - conus) / 25.0, 0.0, 1.0)
-        cord = _ellipse_sdf(x, a - CANAL_A - 1.0, 0.5 + 4.5 * taper, 0.5 + 3.5 * taper)
+        cord = ellipse_sdf(x, a - CANAL_A - 1.0, 0.5 + 4.5 * taper, 0.5 + 3.5 * taper)
         roots = np.full(x.shape, 1e3, dtype=np.float32)
         for dx, da in self.cauda:
-            root = _ellipse_sdf(x - dx, a - (centre + da * squeeze), 1.1, 1.1)
+            root = ellipse_sdf(x - dx, a - (centre + da * squeeze), 1.1, 1.1)
             roots = np.minimum(roots, root)
         roots = np.maximum(roots, t - conus - 8.0)  # the cauda equina begins at the conus
         part = canvas.part(inside)
@@ -525,7 +524,7 @@ class Spine:
         for side, name in ((1.0, "left"), (-1.0, "right")):  # the traversing roots in the lateral recesses: a
             # narrowed recess flattens its root against the facet and the ligament (up to 1 mm beyond the sac)
             squeeze = n[f"{name}_subarticular_stenosis"] * np.clip(1.0 - (u / 9.0) ** 2, 0.0, 1.0)
-            root = _ellipse_sdf(side * x - (RECESS_X + 0.5), a - RECESS_A, 1.4 * (1.0 - 0.5 * squeeze),
+            root = ellipse_sdf(side * x - (RECESS_X + 0.5), a - RECESS_A, 1.4 * (1.0 - 0.5 * squeeze),
                                 1.4 * (1.0 + 0.3 * squeeze))
             part.paint(np.maximum(root, sac - 1.0), "nerve")
         canvas.put(inside, part)
@@ -538,29 +537,29 @@ class Spine:
     def _thecal_sac_sdf(self, x, a, u, n, front, back) -> np.ndarray:
         """CSF space: canal ellipse, indented by ``front`` mm from the front and ``back`` mm from behind at the
         disc, plus the two lateral recesses (shrunk by their narrowing)."""
-        sac = _ellipse_sdf(x, a - CANAL_A, CANAL_HALF_WIDTH - 1.0, CANAL_HALF_DEPTH - 1.0)
+        sac = ellipse_sdf(x, a - CANAL_A, CANAL_HALF_WIDTH - 1.0, CANAL_HALF_DEPTH - 1.0)
         sac = np.maximum(sac, CANAL_A - (CANAL_HALF_DEPTH - 1.0) + front - a)  # > 0 anterior of the front
         sac = np.maximum(sac, a - (CANAL_A + CANAL_HALF_DEPTH - 1.0 - back))  # > 0 posterior of the back
         for side, name in ((1.0, "left"), (-1.0, "right")):
             open_ = (1.0 - 0.85 * n[f"{name}_subarticular_stenosis"]) * np.clip(1.0 - (u / 9.0) ** 2, 0, 1)
-            recess = _ellipse_sdf(side * x - RECESS_X, a - RECESS_A, 4.5 * open_ + 1e-3, 3.5 * open_ + 1e-3)
+            recess = ellipse_sdf(side * x - RECESS_X, a - RECESS_A, 4.5 * open_ + 1e-3, 3.5 * open_ + 1e-3)
             sac = np.minimum(sac, recess)
         return sac
 
     @staticmethod
-    def _paint_foramen(canvas: _Canvas, lateral_x, a, u, narrowing, v3: bool = False) -> None:
+    def _paint_foramen(canvas: Canvas, lateral_x, a, u, narrowing, v3: bool = False) -> None:
         """One side's foramen (lateral_x > 0 on that side): fat around a nerve root, between pedicles. Version 3
         deforms the root as the foramen closes (flattened cranio-caudally, pushed against the disc)."""
         band = np.abs(lateral_x - FORAMEN_X) - 7.0  # the foramen spans x = 17..31 mm from the midline
         height = 6.5 * (1.0 - 0.75 * narrowing)
         depth = 4.5 * (1.0 - 0.55 * narrowing)
-        foramen = np.maximum(_ellipse_sdf(u - FORAMEN_U, a - FORAMEN_A, height, depth), band)
+        foramen = np.maximum(ellipse_sdf(u - FORAMEN_U, a - FORAMEN_A, height, depth), band)
         canvas.paint(foramen, "fat")
         if v3:
-            root = _ellipse_sdf(u - FORAMEN_U - 0.35 * height, a - FORAMEN_A, 1.8 * (1.0 - 0.4 * narrowing),
+            root = ellipse_sdf(u - FORAMEN_U - 0.35 * height, a - FORAMEN_A, 1.8 * (1.0 - 0.4 * narrowing),
                                 1.8 * (1.0 + 0.25 * narrowing))
         else:
-            root = _ellipse_sdf(u - FORAMEN_U - 0.35 * height, a - FORAMEN_A, 1.8, 1.8)
+            root = ellipse_sdf(u - FORAMEN_U - 0.35 * height, a - FORAMEN_A, 1.8, 1.8)
         canvas.paint(np.maximum(root, band), "nerve")
 
 
@@ -569,79 +568,14 @@ def tissue_labels(version: int) -> tuple[str, ...]:
     return TISSUE_LABELS_V3 if version >= 3 else TISSUE_LABELS
 
 
-class _Canvas:
-    """Brightness painted at a set of points, shape over shape, and the tissue label of each point if asked."""
-
-    def __init__(self, img: np.ndarray, value: dict, edge: float, names: tuple[str, ...], label_of: dict[str, str],
-                 labels: bool, tissue: np.ndarray | None = None) -> None:
-        self.img, self.value, self.edge, self.names, self.label_of = img, value, edge, names, label_of
-        self.tissue = tissue if tissue is not None or not labels else np.zeros(img.shape, dtype=np.uint8)
-        self.boundary: np.ndarray | None = None  # where set: the smallest |signed distance| of the shapes painted
-
-    def paint(self, inside_sdf: np.ndarray, kind: str, bright=None, label: str | None = None) -> None:
-        """Paint a shape (signed distance, < 0 inside) with a kind's brightness (or ``bright``: a number, an array
-        of the points, or a function of a mask of the points, called where the shape paints) and its label."""
-        bright = self.value[kind] if bright is None else bright
-        label_id = self.names.index(label or self.label_of[kind])
-        if self.boundary is not None:
-            np.minimum(self.boundary, np.abs(inside_sdf), out=self.boundary)
-        if not callable(bright):
-            self.img = _paint(self.img, inside_sdf, bright, self.edge, self.tissue, label_id)
-            return
-        weight = _soft(inside_sdf, self.edge)
-        where = weight > 0
-        self.img[where] += weight[where] * (bright(where) - self.img[where])
-        if self.tissue is not None:
-            self.tissue[inside_sdf < 0] = label_id
-
-    def part(self, mask: np.ndarray) -> _Canvas:
-        """A canvas of the points selected by ``mask`` (copies), to paint and `put` back."""
-        part = _Canvas(self.img[mask], self.value, self.edge, self.names, self.label_of, self.tissue is not None,
-                       None if self.tissue is None else self.tissue[mask])
-        part.boundary = None if self.boundary is None else self.boundary[mask]
-        return part
-
-    def put(self, mask: np.ndarray, part: _Canvas) -> None:
-        self.img[mask] = part.img
-        if self.tissue is not None:
-            self.tissue[mask] = part.tissue
-        if self.boundary is not None:
-            self.boundary[mask] = part.boundary
-
-
 def _posterior_elements_sdf(x, a, u, gaps: bool = False) -> np.ndarray:
     """Pedicles and laminae around the canal, the spinous process behind it. ``gaps`` (version 3): the spinous
     processes of neighbouring vertebrae separated at the disc level (the interspinous space)."""
-    arch = _ellipse_sdf(x, a - CANAL_A - 2.0, FORAMEN_X + 8.0, CANAL_HALF_DEPTH + 8.0)
+    arch = ellipse_sdf(x, a - CANAL_A - 2.0, FORAMEN_X + 8.0, CANAL_HALF_DEPTH + 8.0)
     spinous = np.maximum(np.abs(x) - 4.0, np.abs(a - CANAL_A - 28.0) - 18.0)
     if gaps:
         spinous = np.maximum(spinous, 3.0 - np.abs(u + 6.0))  # the process points down: the gap lies below the disc
     return np.minimum(arch, spinous)
-
-
-def _paint(image: np.ndarray, inside_sdf: np.ndarray, bright: float | np.ndarray, edge: float,
-           tissue: np.ndarray | None = None, label: int = 0) -> np.ndarray:
-    """``image`` with a shape painted over it (soft edge: partial volume); where ``tissue`` (labels) is given, the
-    points inside the shape (signed distance < 0) become ``label`` (an id), in place."""
-    if tissue is not None:
-        tissue[inside_sdf < 0] = label
-    weight = _soft(inside_sdf, edge)
-    diff = bright - image
-    diff *= weight
-    return image + diff
-
-
-def _ellipse_sdf(dx: np.ndarray, dy: np.ndarray, rx, ry) -> np.ndarray:
-    """Approximate signed distance (mm, < 0 inside) to an axis-aligned ellipse with semi-axes rx, ry."""
-    radius = np.minimum(rx, ry)
-    return (np.sqrt((dx / rx) ** 2 + (dy / ry) ** 2) - 1.0) * radius
-
-
-def _soft(sdf: np.ndarray, edge: float) -> np.ndarray:
-    """Membership in [0, 1] from a signed distance: a linear edge 2 SOFT_REACH `edge` mm wide (partial volume)."""
-    weight = np.asarray(sdf) * (_SOFT_SLOPE / edge)  # = clip(0.5 - sdf * slope / edge, 0, 1), fewer temporaries
-    np.subtract(0.5, weight, out=weight)
-    return np.clip(weight, 0.0, 1.0, out=weight)
 
 
 LEVEL_COUNT = len(LEVELS)
