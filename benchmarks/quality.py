@@ -15,7 +15,8 @@ Prints, for the held-out test studies (the run's calibrated submission.csv, the 
 fold (every training study once, calibration cross-fitted), lower is better (the competition metric), side
 by side: the class prior (fitted on the training labels), each model, the oracle (Bayes-optimal from the true
 narrowing); then the share of the prior-to-oracle gap each model closes, (prior - model) / (prior - oracle),
-overall and for each of the four parts. Writes ``<runs>/quality.json``.
+overall and for each of the four parts; then each model as a reader of the latent narrowing (the noise on it at
+which the Bayes-optimal answer scores as the model does: :func:`reading_noise`). Writes ``<runs>/quality.json``.
 """
 
 from __future__ import annotations
@@ -66,13 +67,27 @@ def ensure_data(data: Path, cache: Path, n_train: int, n_test: int, version: int
                     PreprocessConfig))
 
 
-def oracle_from_truth(data: Path, study_ids) -> pd.DataFrame:
-    """The Bayes-optimal submission of ``study_ids`` from truth.csv (latent narrowing) and the label noise."""
-    from spine.synth.labels import oracle_submission
-
+def truth_of(data: Path, study_ids) -> tuple[pd.DataFrame, float]:
+    """truth.csv's rows (latent narrowing) of ``study_ids`` and the dataset's label noise."""
     sigma = json.loads((data / "dataset.json").read_text())["config"]["label_noise"]
     truth = pd.read_csv(data / "truth.csv")
-    return oracle_submission(truth[truth.study_id.isin([int(s) for s in study_ids])], sigma)
+    return truth[truth.study_id.isin([int(s) for s in study_ids])].reset_index(drop=True), sigma
+
+
+def oracle_from_truth(data: Path, study_ids) -> pd.DataFrame:
+    """The Bayes-optimal submission of ``study_ids`` from their latent narrowing and the label noise."""
+    from spine.synth.labels import oracle_submission
+
+    return oracle_submission(*truth_of(data, study_ids))
+
+
+def reading_noise(data: Path, test_labels: pd.DataFrame, target: float) -> float:
+    """:func:`spine.synth.labels.reading_noise` of a test score: the noise on the latent narrowing at which the
+    Bayes-optimal answer scores ``target``."""
+    from spine.synth.labels import reading_noise as noise
+
+    truth, sigma = truth_of(data, test_labels.study_id)
+    return noise(truth, test_labels, sigma, target)
 
 
 def fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
@@ -111,7 +126,8 @@ def evaluate(run: Path, data: Path, cache) -> dict:
           "oracle": score(oof_labels, oracle_from_truth(data, folds.study_id))}
     closed = {where: {p: gap(t["prior"][p], t["model"][p], t["oracle"][p]) for p in PARTS}
               for where, t in (("test", test), ("oof", cv))}
-    return {"test": test, "oof": cv, "gap_closed": closed, "n_test": len(test_labels), "n_oof": len(oof_labels)}
+    return {"test": test, "oof": cv, "gap_closed": closed, "n_test": len(test_labels), "n_oof": len(oof_labels),
+            "reading_noise": reading_noise(data, test_labels, test["model"]["score"])}
 
 
 def report(results: dict[str, dict]) -> None:
@@ -127,6 +143,10 @@ def report(results: dict[str, dict]) -> None:
         print("share of the prior-to-oracle gap closed")
         for name, r in results.items():
             print(f"{'model ' + name:<34}" + "".join(f"{r['gap_closed'][where][p]:>10.1%}" for p in PARTS))
+    print("\nas a reader of the latent narrowing (test): the noise on it (thresholds 0.4 / 0.7) at which the "
+          "Bayes-optimal answer scores as the model does")
+    for name, r in results.items():
+        print(f"{'model ' + name:<34}{r['reading_noise']:>10.3f}")
 
 
 def main() -> int:

@@ -133,7 +133,7 @@ def test_experiment_rsna_composes_for_both_stages():
     views = [v for group in gr.stage.views.values() for v in group]
     assert len(views) == 6 and all(v["slices"] == 5 and 128 <= v["size"][0] <= 224 for v in views)
     assert load_config(["stage=grading"]).model.name == "grading_3d"  # no experiment: the stage's own default
-    assert load_config(["stage=grading", "experiment=grading_cpu"]).model.name == "grading_views_small"
+    assert load_config(["stage=grading", "experiment=grading_cpu"]).model.name == "grading_views_medium"
 
 
 def test_experiment_rsna_help_lists_its_keys(capsys):

@@ -15,7 +15,7 @@ from spine.models.grading import ConditionQueryHead
 
 TINY = ("grading_3d_tiny", "grading_25d_tiny", "grading_3d_small")
 DEFAULT = ("grading_3d", "grading_25d")
-VIEWS = ("grading_views_tiny", "grading_views_small", "grading_views")  # read views: tests/test_views.py
+VIEWS = ("grading_views_tiny", "grading_views_small", "grading_views_medium", "grading_views")  # read views: tests/test_views.py
 CROP = (32, 32, 32)
 
 

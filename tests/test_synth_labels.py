@@ -173,3 +173,24 @@ def test_the_oracle_beats_the_label_distributions_on_sampled_labels_in_every_par
         assert mean["oracle"][part] < mean["former"][part], (part, mean)
 
 
+
+
+def test_reading_noise_recovers_how_noisily_a_submission_read_the_narrowing():
+    """A submission made by a reader who saw the narrowing through noise r scores like the oracle's reader at
+    r: reading_noise finds r back from the score (another noise draw, so within a margin); the oracle reads
+    with 0."""
+    truth = _truth_frame(300, seed=3)
+    rng = np.random.default_rng(4)
+    labels = []
+    for study, rows in truth.groupby("study_id", sort=False):
+        grades = label_model.read_label(rows.narrowing.to_numpy(), 0.1, rng)
+        labels.append({"study_id": study, **{label_column(c, lv): SEVERITIES[g]
+                                             for c, lv, g in zip(rows.condition, rows.level, grades)}})
+    labels = pd.DataFrame(labels)
+    oracle = score(labels, label_model.oracle_submission(truth, 0.1))["score"]
+    assert label_model.reading_noise(truth, labels, 0.1, oracle) == 0.0
+    r = 0.07
+    read = truth.assign(narrowing=truth.narrowing + r * np.random.default_rng(9).standard_normal(len(truth)))
+    noisy = score(labels, label_model.oracle_submission(read, float(np.hypot(0.1, r))))["score"]
+    assert abs(label_model.reading_noise(truth, labels, 0.1, noisy) - r) < 0.015, noisy
+    assert np.isnan(label_model.reading_noise(truth, labels, 0.1, 5.0))  # worse than any reader

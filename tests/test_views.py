@@ -136,7 +136,7 @@ def test_point_errors_are_drawn_whole_from_the_landmark_run():
     assert set(np.round(moved, 6)) == {1.0, 5.0}
 
 
-@pytest.mark.parametrize("name", ["grading_views_small", "grading_views"])
+@pytest.mark.parametrize("name", ["grading_views_small", "grading_views_medium", "grading_views"])
 def test_views_models_forward_backward(name):
     model = create_model(name, view_shape=(2, 32, 32))
     out = model(torch.randn(2, 5, 2, 2, 32, 32), torch.tensor([0, 4]), torch.ones(2, 3))

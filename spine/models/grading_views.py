@@ -133,6 +133,16 @@ def grading_views_small(view_shape: Sequence[int] = (3, 32, 32), num_views: int 
 
 
 @register_model(inputs="views")
+def grading_views_medium(view_shape: Sequence[int] = (3, 32, 32), num_views: int = 2,
+                         groups: Sequence[int] = DEFAULT_GROUPS, num_levels: int = 5, num_classes: int = 3,
+                         num_present: int = 3, dim: int = 128, dropout: float = 0.1,
+                         slice_mode: str = "channels") -> GradingViewsNet:
+    """The CPU default (``experiment=grading_cpu``): ``grading_views_small``'s design with a ResNet-18-D (two
+    blocks per stage) twice as wide, 2.1 M parameters, about 1.5x its time per training step on 2 cores."""
+    return GradingViewsNet(backbone="resnet18d", **locals(), stem_width=24, channels=(32, 64, 128, 192))
+
+
+@register_model(inputs="views")
 def grading_views_tiny(view_shape: Sequence[int] = (3, 16, 16), num_views: int = 2,
                        groups: Sequence[int] = DEFAULT_GROUPS, num_levels: int = 5, num_classes: int = 3,
                        num_present: int = 3, dim: int = 16, dropout: float = 0.0,

@@ -119,6 +119,31 @@ def oracle_submission(truth: pd.DataFrame, sigma: float) -> pd.DataFrame:
     return pd.DataFrame({"row_id": ids, **dict(zip(PROB_COLUMNS, probs.T))})
 
 
+def reading_noise(truth: pd.DataFrame, labels: pd.DataFrame, sigma: float, target: float, seed: int = 0) -> float:
+    """A submission's score ``target`` on ``labels`` (train.csv format) as a reader of the latent narrowing: the
+    noise r (narrowing units; the grades' thresholds are 0.4 and 0.7 apart by 0.3) at which the Bayes-optimal
+    submission from ``narrowing + r z`` (z standard normal, one fixed draw per row of ``truth``), knowing r
+    (label noise ``hypot(sigma, r)``), scores ``target``. 0 where ``target`` is the oracle's score or better,
+    NaN where even r = 0.5 scores better. A model that closes more of the prior-to-oracle gap reads more sharply:
+    the number says how sharply, on the narrowing's own scale."""
+    from scipy.optimize import brentq
+
+    from spine.metric import score
+
+    z = np.random.default_rng(seed).standard_normal(len(truth))
+
+    def excess(r: float) -> float:
+        read = truth.assign(narrowing=truth["narrowing"].to_numpy(dtype=np.float64) + r * z)
+        return score(labels, oracle_submission(read, float(np.hypot(sigma, r))))["score"] - target
+
+    high = 0.5
+    if excess(0.0) >= 0:
+        return 0.0
+    if excess(high) <= 0:
+        return float("nan")
+    return float(brentq(excess, 0.0, high, xtol=1e-3))
+
+
 def _any_severe_terms(q: np.ndarray) -> tuple[float, float]:
     """(A, B) of a study's any-severe item from its spinal rows' label distributions q (L, 3): its expected loss
     is -4 A log m - B log(1 - m) for a submitted largest ``severe`` m. A = P(any Severe) (weight 4); B = E[weight;
