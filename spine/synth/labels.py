@@ -16,6 +16,8 @@ The label model (documented in docs/synthetic.md):
    itself: the metric weighs a row by its true grade (1 / 2 / 4), so a row's best answer is p_k = w_k q_k /
    sum_j w_j q_j; and the any-severe part scores the largest spinal ``severe`` of a study, which couples its
    five spinal rows: they are chosen together (`_spinal_study`).
+5. `reading_noise` turns any score into the noise on n at which the oracle's reasoning scores the same: how
+   sharply a model reads the narrowing (docs/synthetic.md, "Learning on version 3").
 """
 
 from __future__ import annotations
