@@ -306,7 +306,7 @@ class Spine:
         world = np.asarray(world, dtype=np.float32)
         x, a, t = np.moveaxis(self.world_to_spine(world), -1, 0)
         canvas = Canvas(np.zeros_like(x), self._tissue_values(sequence, contrast), edge_mm / self.scale,
-                         self.tissue_labels, _LABEL_OF_V3 if self.version >= 3 else _LABEL_OF, labels)
+                        self.tissue_labels, _LABEL_OF_V3 if self.version >= 3 else _LABEL_OF, labels)
         trunk = ellipse_sdf(x, a + 45.0, 165.0, 125.0)
         canvas.paint(trunk, "fat")
         canvas.paint(trunk + 14.0, "muscle")  # inside 14 mm subcutaneous fat
@@ -344,7 +344,7 @@ class Spine:
             shifted = np.concatenate([world[mixed] + np.float32(o) * normal for o in others])
             sx, sa, st = np.moveaxis(self.world_to_spine(shifted), -1, 0)
             plane = Canvas(np.tile(under[mixed], len(others)), column.value, column.edge, column.names,
-                            column.label_of, False)
+                           column.label_of, False)
             self._render_column(plane, sx, sa, st)
             sums = plane.img.reshape(len(others), -1).sum(axis=0)
             if len(others) < len(offsets):
@@ -385,7 +385,7 @@ class Spine:
         in_range = np.maximum(t - top - 10.0, (self.disc_t[-1] - 40.0) - t)
         for side in (1.0, -1.0):
             psoas = ellipse_sdf(side * x - (BODY_HALF_WIDTH + 8.0 + 8.0 * grow), a + 2.0 - 6.0 * grow,
-                                 6.0 + 10.0 * grow, 6.0 + 8.0 * grow)
+                                6.0 + 10.0 * grow, 6.0 + 8.0 * grow)
             psoas = np.maximum(psoas, in_range)
             canvas.paint(psoas - 1.2, "fat")
             canvas.paint(psoas, "muscle")
@@ -443,7 +443,7 @@ class Spine:
         for side, name in ((1.0, "left"), (-1.0, "right")):
             grow = (1.0 - self.facet_share[0 if side > 0 else 1][level]) * n[f"{name}_subarticular_stenosis"]
             lateral = ellipse_sdf(side * x - (RECESS_X - 1.0), a - (RECESS_A + 4.5), 1.5 + 3.0 * grow,
-                                   1.2 + 2.5 * grow)
+                                  1.2 + 2.5 * grow)
             canvas.paint(np.maximum(lateral, np.abs(u) - 9.0), "ligament")
         # disc material in front of the sac where the disc bulges (or the body below a slip steps) into it
         front = canal_front[level] * bump
@@ -459,7 +459,7 @@ class Spine:
         below = np.clip((lowest - t) / SACRUM_MM, 0.0, 1.0)
         in_column = np.maximum(t - self.disc_t[0] - 30.0, (lowest - SACRUM_MM) - t)
         body = ellipse_sdf(x, a + 1.0 + 8.0 * below, BODY_HALF_WIDTH + 20.0 * np.clip(4.0 * below, 0.0, 1.0),
-                            BODY_HALF_DEPTH * (1.0 - 0.45 * below))
+                           BODY_HALF_DEPTH * (1.0 - 0.45 * below))
         if v3:  # the cortex around the body and the endplates at each disc
             height = self.disc_height[level]
             bone = np.maximum(body, in_column)
@@ -525,7 +525,7 @@ class Spine:
             # narrowed recess flattens its root against the facet and the ligament (up to 1 mm beyond the sac)
             squeeze = n[f"{name}_subarticular_stenosis"] * np.clip(1.0 - (u / 9.0) ** 2, 0.0, 1.0)
             root = ellipse_sdf(side * x - (RECESS_X + 0.5), a - RECESS_A, 1.4 * (1.0 - 0.5 * squeeze),
-                                1.4 * (1.0 + 0.3 * squeeze))
+                               1.4 * (1.0 + 0.3 * squeeze))
             part.paint(np.maximum(root, sac - 1.0), "nerve")
         canvas.put(inside, part)
 
@@ -557,7 +557,7 @@ class Spine:
         canvas.paint(foramen, "fat")
         if v3:
             root = ellipse_sdf(u - FORAMEN_U - 0.35 * height, a - FORAMEN_A, 1.8 * (1.0 - 0.4 * narrowing),
-                                1.8 * (1.0 + 0.25 * narrowing))
+                               1.8 * (1.0 + 0.25 * narrowing))
         else:
             root = ellipse_sdf(u - FORAMEN_U - 0.35 * height, a - FORAMEN_A, 1.8, 1.8)
         canvas.paint(np.maximum(root, band), "nerve")
